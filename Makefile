@@ -1,0 +1,39 @@
+# The README's two commands: `make run` and `make test`. Both set everything up first.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch is pinned: here it resolves to the local CPU wheel, on a CUDA server to the CUDA build.
+TORCH := torch==2.13.0
+
+.PHONY: install system-deps run test test-fast bench install-system uninstall-system clean
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e '.[dev]' "$(TORCH)"
+	@touch $@
+
+install: $(STAMP)
+
+# Debian packages the tests need (logrotate, chromium for the UI test). Idempotent;
+# needs root and apt-get, which CI machines have.
+system-deps:
+	@bash ops/system-deps.sh
+
+run: install
+	@bash ops/run-local.sh
+
+test: install system-deps
+	$(PY) -m pytest -rs
+
+test-fast: install
+	$(PY) -m pytest -rs -m "not system and not browser and not integration"
+
+bench: install
+	$(PY) bench/engine.py
+
+clean:
+	rm -rf $(VENV) run build *.egg-info
