@@ -35,5 +35,13 @@ test-fast: install
 bench: install
 	$(PY) bench/engine.py
 
+# `sudo make install-system`: user, dirs, config, systemd units, logrotate, watchdog timer
+# (glmtts-ops install; DRY_RUN=1 prints the plan). Then `systemctl enable --now glmtts`.
+install-system: install
+	$(VENV)/bin/glmtts-ops install $(if $(DRY_RUN),--dry-run) $(INSTALL_ARGS)
+
+uninstall-system:
+	$(VENV)/bin/glmtts-ops uninstall $(if $(DRY_RUN),--dry-run) $(INSTALL_ARGS)
+
 clean:
 	rm -rf $(VENV) run build *.egg-info

@@ -120,6 +120,7 @@ SETTINGS = [
     S("limits", "max_concurrency", int, 1, "Syntheses at once (per GPU).", in_range(1, 64)),
     S("limits", "max_queue", int, 16, "Waiting requests before 429.", in_range(0, 10000)),
     S("limits", "request_timeout_s", float, 300.0, "A synthesis that takes longer is abandoned with 504.", in_range(1)),
+    S("limits", "worker_stall_s", float, 60.0, "A synthesis that makes no progress (no audio chunk) for this long means the worker is wedged: /healthz says degraded and sd_notify heartbeats stop.", in_range(1)),
     S("limits", "max_text_chars", int, 2000, "Longest input text accepted per request.", in_range(1)),
     S("limits", "max_upload_mb", float, 20.0, "Largest upload accepted (reference audio, batch file).", in_range(0.01)),
     S("limits", "min_reference_s", float, 2.0, "Shortest reference audio accepted.", in_range(0.1)),
@@ -155,6 +156,8 @@ SETTINGS = [
     S("watchdog", "smoke_text", str, "你好，这是一次自检。", "Short Mandarin text the smoke test synthesizes."),
     S("watchdog", "smoke_timeout_s", float, 60.0, "Latency budget of the smoke test.", in_range(1)),
     S("watchdog", "api_key", str, "", "Bearer key the smoke test uses when server.api_keys is set."),
+    S("watchdog", "runbooks_dir", str, "", "Directory of the runbooks the watchdog executes; \"\" = the runbooks/ shipped with glmtts.", absolute_path_or_empty),
+    S("watchdog", "kernel_log", str, "", "Kernel log scanned for NVRM Xid lines; \"\" = /var/log/kern.log when readable.", absolute_path_or_empty),
     # [alerts]
     S("alerts", "urls", list, [], "apprise URLs: mailto://, wecombot://, slack://, json://..."),
     S("alerts", "min_severity", str, "warning", "Send alerts at or above: info | warning | critical.", one_of("info", "warning", "critical")),

@@ -1,0 +1,144 @@
+"""Audio in and out: reference-audio decoding and validation, mono/resampling,
+encoding responses, loudness.
+
+Reference audio is decoded by its *content* (libsndfile sniffs the header), never by
+its file name: a FLAC uploaded as ``voice.wav`` decodes, a text file named
+``voice.wav`` is rejected as not audio. Each rejection is one message that says what
+is wrong and what is accepted.
+"""
+
+import io
+import logging
+import math
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from .errors import AudioError, InputError, NotAudioError
+
+log = logging.getLogger(__name__)
+
+ACCEPTED = "WAV, FLAC, OGG/Vorbis or MP3"
+SILENCE_DBFS = -55.0  # a reference whose loudness is below this carries no voice
+DEFAULT_MIN_S = 2.0
+DEFAULT_MAX_S = 30.0
+
+# response_format -> (libsndfile format, subtype, media type)
+FORMATS = {
+    "wav": ("WAV", "PCM_16", "audio/wav"),
+    "flac": ("FLAC", "PCM_16", "audio/flac"),
+    "mp3": ("MP3", "MPEG_LAYER_III", "audio/mpeg"),
+    "pcm": (None, None, "audio/pcm"),  # raw s16le, mono, at the requested rate
+}
+
+
+def _read_bytes(data):
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    if hasattr(data, "read"):
+        return data.read()
+    with open(data, "rb") as f:  # a path
+        return f.read()
+
+
+def decode(data, what="reference audio"):
+    """Decode bytes / a binary file object / a path to (float32 mono, sample_rate).
+    Raises NotAudioError (415) when the content is not a supported audio format."""
+    raw = _read_bytes(data)
+    if not raw:
+        raise AudioError("%s is empty (0 bytes): upload a %s file" % (what, ACCEPTED))
+    try:
+        audio, sr = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        log.debug("decode failed: %s", e)
+        raise NotAudioError("%s is not a recognised audio file (%d bytes); accepted: %s"
+                            % (what, len(raw), ACCEPTED)) from None
+    if audio.shape[0] == 0:
+        raise AudioError("%s contains no samples: upload a recording of at least %.0f s"
+                         % (what, DEFAULT_MIN_S))
+    return to_mono(audio), int(sr)
+
+
+def to_mono(audio):
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def loudness_dbfs(audio):
+    """RMS level in dB relative to full scale (-inf for digital silence)."""
+    audio = np.asarray(audio, dtype=np.float64)
+    if audio.size == 0:
+        return -math.inf
+    rms = math.sqrt(float(np.mean(audio * audio)))
+    return 20.0 * math.log10(rms) if rms > 0 else -math.inf
+
+
+def _limit(limits, key, explicit, default):
+    if explicit is not None:
+        return float(explicit)
+    if limits is not None and hasattr(limits, key):
+        return float(getattr(limits, key))
+    return default
+
+
+def validate_reference(audio, sample_rate, limits=None, *, min_s=None, max_s=None, what="reference audio"):
+    """Check duration bounds and that the audio is not silent. ``limits`` is
+    ``settings.limits`` (min_reference_s, max_reference_s) or None for the defaults."""
+    lo = _limit(limits, "min_reference_s", min_s, DEFAULT_MIN_S)
+    hi = _limit(limits, "max_reference_s", max_s, DEFAULT_MAX_S)
+    duration = len(audio) / float(sample_rate)
+    if duration < lo:
+        raise AudioError("%s is %.1f s long; it must be at least %g s (use %g-%g s of clear speech)"
+                         % (what, duration, lo, lo, hi))
+    if duration > hi:
+        raise AudioError("%s is %.1f s long; it must be at most %g s (trim it to %g-%g s of clear speech)"
+                         % (what, duration, hi, lo, hi))
+    level = loudness_dbfs(audio)
+    if level < SILENCE_DBFS:
+        shown = "-inf" if math.isinf(level) else "%.0f" % level
+        raise AudioError("%s is silent (level %s dBFS, below %.0f dBFS): record someone speaking"
+                         % (what, shown, SILENCE_DBFS))
+
+
+def decode_reference(data, limits=None, *, min_s=None, max_s=None, what="reference audio"):
+    """Decode and validate an uploaded reference: (float32 mono, sample_rate)."""
+    audio, sr = decode(data, what)
+    validate_reference(audio, sr, limits, min_s=min_s, max_s=max_s, what=what)
+    return audio, sr
+
+
+def resample(audio, sr_from, sr_to):
+    """Polyphase resampling (exact rational ratio)."""
+    audio = np.asarray(audio, dtype=np.float32)
+    sr_from, sr_to = int(sr_from), int(sr_to)
+    if sr_from == sr_to or audio.size == 0:
+        return audio.copy() if audio.size else audio
+    g = math.gcd(sr_from, sr_to)
+    out = resample_poly(audio.astype(np.float64), sr_to // g, sr_from // g)
+    return out.astype(np.float32)
+
+
+def media_type(fmt):
+    return FORMATS[fmt][2] if fmt in FORMATS else "application/octet-stream"
+
+
+def encode(audio, sample_rate, fmt="wav"):
+    """Encode float32 mono audio to bytes: wav / flac / mp3 (16-bit) or raw pcm s16le."""
+    if fmt not in FORMATS:
+        raise InputError("unsupported audio format %r; allowed: %s" % (fmt, ", ".join(FORMATS)))
+    audio = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
+    if fmt == "pcm":
+        return pcm16(audio)
+    container, subtype, _ = FORMATS[fmt]
+    buf = io.BytesIO()
+    sf.write(buf, audio, int(sample_rate), format=container, subtype=subtype)
+    return buf.getvalue()
+
+
+def pcm16(audio):
+    """Raw little-endian signed 16-bit samples (what streamed pcm chunks carry)."""
+    audio = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
+    return (np.round(audio * 32767.0)).astype("<i2").tobytes()

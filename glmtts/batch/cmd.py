@@ -1,0 +1,250 @@
+"""`glmtts batch`: validate, run (and resume), status, list, cancel, prune.
+
+Imports of the engine and numpy happen inside the verbs so `glmtts --help` stays fast.
+"""
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from ..errors import EXIT_FAILURE, EXIT_OK
+
+EXIT_INTERRUPTED = 130
+
+HELP = """Batch synthesis from a JSONL file, one task per line:
+  {"prompt_audio": "voices/anna.wav", "prompt_text": "...", "input_text": "...", "output_name": "ch01_001"}
+(the official GLM-TTS names prompt_speech / syn_text / uttid work too; optional: sample_rate, seed).
+prompt_audio is relative to paths.prompt_root. Jobs are durable: run the same command again
+after a crash or Ctrl-C and it resumes where it stopped, producing every output exactly once."""
+
+
+def add_parser(sub):
+    p = sub.add_parser("batch", help="validate and run JSONL batch jobs (durable, resumable)", description=HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = p.add_subparsers(dest="verb", metavar="VERB")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    v = verbs.add_parser("validate", help="check a batch file without synthesizing anything (exit 1 on any error)")
+    v.add_argument("file", help="JSONL batch file")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.set_defaults(func=cmd_validate)
+
+    r = verbs.add_parser("run", help="run a batch file; run it again to resume after a crash or Ctrl-C",
+                         description="Validate FILE, then synthesize every task into DIR (<output_name>.wav). "
+                                     "An unfinished job for the same file and DIR is resumed, not restarted.")
+    r.add_argument("file", help="JSONL batch file")
+    r.add_argument("--out", metavar="DIR", help="output directory (default: <paths.output_dir>/<job id>)")
+    r.add_argument("--skip-invalid", action="store_true",
+                   help="run the valid lines; the invalid ones are listed in the job as skipped (default: refuse to start)")
+    r.add_argument("--new", action="store_true", help="start a new job even if this file already ran into DIR")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    s = verbs.add_parser("status", help="progress and failed tasks of one job")
+    s.add_argument("job", help="job id (see `glmtts batch list`)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    ls = verbs.add_parser("list", help="all jobs with their state and progress")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
+
+    c = verbs.add_parser("cancel", help="cancel a job (a running one stops after its current task)")
+    c.add_argument("job")
+    c.set_defaults(func=cmd_cancel)
+
+    pr = verbs.add_parser("prune", help="delete finished jobs and their outputs older than batch.retention_days")
+    pr.add_argument("--older-than", metavar="DAYS", type=float, help="override batch.retention_days")
+    pr.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_prune)
+
+
+def _settings(args):
+    from .. import config
+    return config.load(getattr(args, "config", None))
+
+
+def _setup_logging():
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_validate(args):
+    from .validate import validate_file
+    report = validate_file(args.file, _settings(args))
+    if args.json:
+        print(json.dumps(report.to_dict(), ensure_ascii=False, indent=1))
+    else:
+        print(report.format_text())
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+def cmd_run(args):
+    from .. import engines
+    from .runner import EngineSynthesizer, Runner
+    from .store import JobStore, file_sha256
+    from .validate import validate_file
+    from . import states
+
+    _setup_logging()
+    settings = _settings(args)
+    store = JobStore(settings)
+    if not os.path.isfile(args.file):
+        print("glmtts batch run: error: batch file %s does not exist" % args.file, file=sys.stderr)
+        return EXIT_FAILURE
+    job = None if args.new else store.find_latest(file_sha256(args.file), args.out)
+    if job is not None and job.status in states.FINISHED:
+        print("job %s already ran this file into %s (%s); use --new to run it again" % (
+            job.id, job.out_dir, job.status), file=sys.stderr)
+        return _print_result(job.summary())
+    if job is None:
+        report = validate_file(args.file, settings)
+        if not report.ok:
+            print(report.format_text(), file=sys.stderr)
+            if not args.skip_invalid or not report.tasks:
+                return EXIT_FAILURE
+        job = store.create(args.file, report, source=os.path.abspath(args.file), out_dir=args.out,
+                           skip_invalid=args.skip_invalid)
+        print("job %s: %d tasks -> %s" % (job.id, job.state["tasks"], job.out_dir), file=sys.stderr)
+    else:
+        p = job.progress()
+        print("job %s: resuming, %d of %d tasks already finished -> %s" % (
+            job.id, p.total - p.pending, p.total, job.out_dir), file=sys.stderr)
+
+    stop = threading.Event()
+    # Signal handlers only record the request; the runner stops after the current task.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    engine = engines.create(settings)
+    engine.load()
+    bar = None if args.quiet else ProgressBar(sys.stderr)
+    summary = Runner(job, EngineSynthesizer(engine), settings, stop=stop,
+                     on_progress=bar.update if bar else None).run()
+    if bar:
+        bar.close()
+    if stop.is_set() and summary["status"] not in states.FINISHED:
+        print("stopped: job %s is resumable, run the same command again" % job.id, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return _print_result(summary)
+
+
+def _print_result(summary):
+    p = summary["progress"]
+    print("job %s %s: %d done, %d failed of %d; outputs in %s" % (
+        summary["id"], summary["status"], p["done"], p["failed"], p["total"], summary["out_dir"]))
+    for f in summary["failures"]:
+        print("  line %s (%s): %s" % (f["line"], f["output_name"], f["reason"]))
+    return EXIT_OK if summary["status"] == "done" and not p["failed"] else EXIT_FAILURE
+
+
+class ProgressBar:
+    """A one-line bar on a terminal; on a pipe or log file, a line every 10 s or 10%."""
+
+    def __init__(self, stream, width=30, clock=time.monotonic):
+        self.stream = stream
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.width = width
+        self.clock = clock
+        self.t0 = clock()
+        self.count0 = None
+        self.last = (0.0, -1)
+
+    def update(self, job, progress):
+        finished = progress.total - progress.pending
+        if self.count0 is None:
+            self.count0 = finished - 1
+        now = self.clock()
+        rate = (finished - self.count0) / max(now - self.t0, 1e-6)
+        eta = progress.pending / rate if rate > 0 else 0
+        pct = 100.0 * finished / progress.total if progress.total else 100.0
+        fill = int(self.width * pct / 100)
+        line = "[%s%s] %d/%d %3.0f%%%s  %.1f tasks/s  ETA %ds" % (
+            "#" * fill, "-" * (self.width - fill), finished, progress.total, pct,
+            (", %d failed" % len(progress.failed)) if progress.failed else "", rate, eta)
+        if self.tty:
+            self.stream.write("\r" + line)
+            self.stream.flush()
+        elif now - self.last[0] >= 10 or int(pct // 10) != self.last[1] or not progress.pending:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+            self.last = (now, int(pct // 10))
+
+    def close(self):
+        if self.tty:
+            self.stream.write("\n")
+
+
+def cmd_status(args):
+    from .store import JobStore
+    summary = JobStore(_settings(args)).get(args.job).summary()
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False, indent=1))
+        return EXIT_OK
+    p = summary["progress"]
+    print("job %s: %s%s" % (summary["id"], summary["state"], (" (%s)" % summary["reason"]) if summary["reason"] else ""))
+    print("  progress: %d/%d finished (%.0f%%), %d done, %d failed" % (
+        p["total"] - p["pending"], p["total"], p["percent"], p["done"], p["failed"]))
+    print("  outputs:  %s" % summary["out_dir"])
+    print("  source:   %s" % (summary["source"] or "upload"))
+    for f in summary["failures"]:
+        print("  failed line %s (%s): %s" % (f["line"], f["output_name"], f["reason"]))
+    if summary["state"] == "interrupted":
+        print("  the process running it stopped; `glmtts batch run %s --out %s` or a service start resumes it" % (
+            summary["source"] or "FILE", summary["out_dir"]))
+    return EXIT_OK
+
+
+def cmd_list(args):
+    from .store import JobStore
+    jobs = [j.summary() for j in JobStore(_settings(args)).list()]
+    if args.json:
+        print(json.dumps(jobs, ensure_ascii=False, indent=1))
+        return EXIT_OK
+    if not jobs:
+        print("no batch jobs")
+    for s in jobs:
+        p = s["progress"]
+        print("%s  %-11s %5d/%-5d %3d failed  %s" % (s["id"], s["state"], p["total"] - p["pending"], p["total"],
+                                                    p["failed"], s["out_dir"]))
+    return EXIT_OK
+
+
+def cmd_cancel(args):
+    from . import states
+    from .store import JobStore
+    job = JobStore(_settings(args)).get(args.job)
+    if job.status in states.FINISHED:
+        print("job %s is already %s" % (job.id, job.status))
+        return EXIT_OK
+    job.request_cancel()
+    if not job.locked_by_other():
+        job.transition(states.CANCELLED, reason="cancelled on request")
+        print("job %s cancelled" % job.id)
+    else:
+        print("job %s: cancellation requested; it stops after the task in progress" % job.id)
+    return EXIT_OK
+
+
+def cmd_prune(args):
+    from .retention import prune
+    from .validate import human_bytes
+    _setup_logging()
+    report = prune(_settings(args), older_than_days=args.older_than, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        verb = "would delete" if args.dry_run else "deleted"
+        print("%s %d finished job(s) older than %g days, %s freed" % (
+            verb, len(report["pruned"]), report["older_than_days"], human_bytes(report["bytes_freed"])))
+        for d in report["kept_outputs"]:
+            print("  kept user output directory %s (not managed by glmtts)" % d)
+        for e in report["errors"]:
+            print("  error: %s" % e)
+    return EXIT_FAILURE if report["errors"] else EXIT_OK

@@ -1,0 +1,326 @@
+"""Run a batch job to the end, resumably.
+
+One runner serves both faces: `glmtts batch run` (engine in-process) and the service
+(tasks go through the shared inference worker at batch priority). The ``synthesizer``
+object is the seam: ``synthesize(SynthesisRequest) -> SynthesisResult``,
+``prepare_prompt(audio, rate, text) -> PromptFeatures`` (may raise NotImplementedError)
+and ``release_memory()``.
+
+Guarantees:
+- a task whose outcome is in the journal is never redone; one in flight at a crash is;
+- a bad task is recorded as failed with its reason and the job goes on;
+- CUDA OOM: release memory, retry once at 24 kHz, then fail that task only;
+- ENOSPC on an output or the journal pauses the job (nothing is failed), logs the
+  ``enospc`` signature on stderr and resumes by itself once space is back;
+- a task that killed the process ``max_starts`` times is failed, so a poisonous line
+  cannot crash-loop the service forever.
+"""
+
+import collections
+import logging
+import os
+import threading
+import time
+
+import numpy as np
+
+from .. import audio as audio_mod
+from ..engines.base import SynthesisRequest
+from ..errors import CudaFatalError, EngineOOMError, GlmttsError
+from . import states
+from .fsutil import Disk, is_disk_full
+from .speed import Speed
+from .validate import resolve_prompt
+
+log = logging.getLogger(__name__)
+
+LOW_MEMORY_RATE = 24000
+SPACE_MARGIN = 64 << 10  # wait for this much more than the write needs
+
+
+class EngineSynthesizer:
+    """Calls an engine directly (the CLI)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def synthesize(self, request):
+        return self.engine.synthesize(request)
+
+    def prepare_prompt(self, audio, sample_rate, prompt_text):
+        return self.engine.prepare_prompt(audio, sample_rate, prompt_text)
+
+    def release_memory(self):
+        self.engine.release_memory()
+
+
+class Stopped(Exception):
+    """The run was told to stop (shutdown or cancel) while waiting."""
+
+
+def is_oom(exc):
+    return isinstance(exc, EngineOOMError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+def is_cuda_fatal(exc):
+    return isinstance(exc, CudaFatalError) or (isinstance(exc, RuntimeError) and "CUDA error" in str(exc))
+
+
+class Runner:
+    def __init__(self, job, synthesizer, settings, *, disk=None, durable=True, stop=None, on_progress=None,
+                 max_starts=3, backoff=(0.5, 10.0), clock=time.monotonic, wall=time.time):
+        self.job = job
+        self.synth = synthesizer
+        self.settings = settings
+        self.disk = disk or Disk()
+        self.durable = durable
+        self.stop = stop or threading.Event()
+        self.on_progress = on_progress
+        self.max_starts = max_starts
+        self.backoff = backoff
+        self.clock = clock
+        self.wall = wall
+        self._prompts = collections.OrderedDict()  # real path -> (audio, rate): an LRU
+        self.compute_s = 0.0
+        self.audio_s = 0.0
+        self.ran = 0
+
+    # -- the loop -------------------------------------------------------------------
+
+    def run(self):
+        """Run until every task has an outcome, or stop/cancel. Returns the summary."""
+        job = self.job
+        if job.status in states.FINISHED:
+            return job.summary()
+        # a status query may hold the lock for an instant (BatchJob.locked_by_other)
+        for _ in range(20):
+            if job.try_lock():
+                break
+            time.sleep(0.05)
+        else:
+            raise GlmttsError("batch job %s is being run by another process right now (see %s)"
+                              % (job.id, os.path.join(job.dir, "lock")), code="batch_busy")
+        try:
+            os.makedirs(job.out_dir, exist_ok=True)
+            self._remove_temp_files()
+            progress = job.progress()
+            tasks = job.tasks
+            if job.cancel_requested():
+                return self._finish(states.CANCELLED, progress, "cancelled on request")
+            job.transition(states.RUNNING, now=self.wall(), reason=None)
+            for task in tasks:
+                if progress.finished(task.index):
+                    continue
+                if self.stop.is_set():
+                    job.transition(states.QUEUED, now=self.wall(), reason="stopped; resumes on the next run")
+                    return job.summary()
+                if job.cancel_requested():
+                    return self._finish(states.CANCELLED, progress, "cancelled on request")
+                try:
+                    rec = self._run_task(task, progress.starts.get(task.index, 0))
+                except Stopped:
+                    if job.cancel_requested():
+                        return self._finish(states.CANCELLED, progress, "cancelled on request")
+                    job.transition(states.QUEUED, now=self.wall(), reason="stopped; resumes on the next run")
+                    return job.summary()
+                progress.add(rec)
+                if self.on_progress:
+                    self.on_progress(job, progress)
+            return self._finish(states.DONE, progress, None)
+        finally:
+            job.unlock()
+            if self.ran:
+                Speed.load(self.settings).record(job.state.get("engine") or self.settings.engine.name,
+                                                 self.ran, self.compute_s, self.audio_s)
+
+    def _finish(self, status, progress, reason):
+        if status == states.DONE and progress.failed:
+            reason = "%d of %d tasks failed" % (len(progress.failed), progress.total)
+        self.job.transition(status, now=self.wall(), reason=reason)
+        log.info("batch %s: %s: %d done, %d failed of %d", self.job.id, status, len(progress.done),
+                 len(progress.failed), progress.total)
+        return self.job.summary()
+
+    def _run_task(self, task, starts):
+        """Produce one task's output; return the journal record written for it."""
+        base = {"task": task.index, "line": task.line, "output_name": task.output_name}
+        if starts >= self.max_starts:
+            reason = ("the process died %d times while synthesizing this task (crash or kill); skipped so the "
+                      "job can finish" % starts)
+            return self._record(dict(base, t=states.TASK_FAILED, reason=reason, code="crashed"))
+        # Not fsync'd: it only has to survive the process dying (the page cache keeps
+        # it), and an fsync per start would double the journal's cost.
+        self._append(dict(base, t=states.TASK_START, ts=self.wall()), sync=False)
+        t0 = self.clock()
+        try:
+            result, rate_note = self._synthesize(task)
+        except Stopped:
+            raise
+        except Exception as e:
+            if is_cuda_fatal(e):
+                raise  # the CUDA context is gone: only a restart helps; the task is redone then
+            reason = str(e) if isinstance(e, GlmttsError) else "%s: %s" % (type(e).__name__, e)
+            code = getattr(e, "code", "internal_error")
+            log.warning("batch %s: task %d (line %d, %s) failed: %s: %s", self.job.id, task.index, task.line,
+                        task.output_name, type(e).__name__, e, exc_info=not isinstance(e, GlmttsError))
+            return self._record(dict(base, t=states.TASK_FAILED, reason=reason, code=code))
+        compute = self.clock() - t0
+        audio = np.asarray(result.audio, dtype=np.float32)
+        if audio.size == 0 or not np.isfinite(audio).all():
+            return self._record(dict(base, t=states.TASK_FAILED, code="engine_error",
+                                     reason="the engine returned no usable audio for this text"))
+        data = audio_mod.encode(audio, result.sample_rate, "wav")
+        path = os.path.join(self.job.out_dir, task.filename)
+        tmp = os.path.join(self.job.out_dir, ".%s.%s.part" % (task.filename, self.job.id))
+        self._with_space(self.job.out_dir, len(data),
+                         lambda: self.disk.write_output(path, data, tmp=tmp, sync=self.durable))
+        duration = len(audio) / float(result.sample_rate)
+        self.ran += 1
+        self.compute_s += compute
+        self.audio_s += duration
+        rec = dict(base, t=states.TASK_DONE, file=task.filename, bytes=len(data), audio_s=round(duration, 3),
+                   sample_rate=result.sample_rate, compute_s=round(compute, 3), ts=self.wall())
+        if rate_note:
+            rec["note"] = rate_note
+        return self._record(rec)
+
+    def _synthesize(self, task):
+        request = self._request(task)
+        try:
+            return self.synth.synthesize(request), None
+        except Exception as e:
+            if not is_oom(e):
+                raise
+            first = e
+        log.warning("batch %s: task %d (line %d): CUDA out of memory at %d Hz; released memory, retrying once at "
+                    "%d Hz", self.job.id, task.index, task.line, request.sample_rate, LOW_MEMORY_RATE)
+        self._release_memory()
+        request.sample_rate = LOW_MEMORY_RATE
+        try:
+            return self.synth.synthesize(request), "synthesized at %d Hz after a CUDA out-of-memory" % LOW_MEMORY_RATE
+        except Exception as e:
+            if not is_oom(e):
+                raise
+            self._release_memory()
+            raise EngineOOMError("CUDA out of memory, also on the retry at %d Hz (%s); shorten the text or free GPU "
+                                 "memory" % (LOW_MEMORY_RATE, first)) from None
+
+    def _release_memory(self):
+        try:
+            self.synth.release_memory()
+        except Exception as e:  # a failed cleanup must not fail the job
+            log.warning("batch %s: release_memory failed: %s", self.job.id, e)
+
+    def _request(self, task):
+        real, why = resolve_prompt(task.prompt_audio, self.settings.paths.prompt_root)
+        if why:
+            raise FileNotFoundError(why) if "not found" in why else GlmttsError(why, code="invalid_prompt")
+        engine = self.settings.engine
+        request = SynthesisRequest(text=task.input_text, sample_rate=task.sample_rate or engine.sample_rate,
+                                   seed=engine.seed if task.seed is None else task.seed, use_cache=engine.use_cache,
+                                   phoneme=engine.phoneme, prompt_text=task.prompt_text)
+        key = (real, task.prompt_text)
+        if key not in self._prompts:
+            # Many tasks share one voice: decode it and extract its features once. A bad
+            # reference is remembered too, so its other tasks fail fast with the same reason.
+            try:
+                audio, rate = audio_mod.decode_reference(real, self.settings.limits)
+                features = None
+                try:
+                    features = self.synth.prepare_prompt(audio, rate, task.prompt_text)
+                except NotImplementedError:
+                    pass
+                self._prompts[key] = (audio, rate, features, None)
+            except (GlmttsError, OSError) as e:
+                if is_oom(e) or is_cuda_fatal(e):
+                    raise
+                self._prompts[key] = (None, None, None, e)
+            while len(self._prompts) > 16:
+                self._prompts.popitem(last=False)
+        self._prompts.move_to_end(key)
+        audio, rate, features, error = self._prompts[key]
+        if error is not None:
+            raise error
+        if features is not None:
+            request.prompt_features = features
+        else:
+            request.prompt_audio, request.prompt_sample_rate = audio, rate
+        return request
+
+    # -- durability -----------------------------------------------------------------
+
+    def _record(self, rec):
+        self._append(rec, sync=self.durable)
+        return rec
+
+    def _append(self, rec, *, sync):
+        self._with_space(self.job.dir, 4096, lambda: self.job.journal.append(rec, sync=sync))
+
+    def _with_space(self, where, needed, write):
+        """Run ``write``; while it fails for lack of space, pause the job and wait."""
+        paused_at = None
+        while True:
+            try:
+                write()
+                break
+            except OSError as e:
+                if not is_disk_full(e):
+                    raise
+                if paused_at is None:
+                    paused_at = self.clock()
+                    self._pause(where, needed, e)
+                self._wait_for_space(where, needed)
+        if paused_at is not None:
+            log.warning("batch %s: space is back on %s; resumed after %.0f s paused", self.job.id, where,
+                        self.clock() - paused_at)
+            self._set_state(states.RUNNING, None)
+
+    def _pause(self, where, needed, exc):
+        # The exact words matter: the watchdog's log scanner knows this as `enospc`.
+        log.error("batch %s: [Errno 28] No space left on device writing to %s (%s): job paused, no task failed; it "
+                  "resumes by itself once %s is free (free space, e.g. `glmtts batch prune`)", self.job.id, where,
+                  exc.filename or where, _human(needed + SPACE_MARGIN))
+        self._set_state(states.PAUSED, "no space left on device in %s" % where)
+
+    def _set_state(self, status, reason):
+        try:
+            self.job.transition(status, now=self.wall(), reason=reason)
+        except OSError as e:  # job.json itself may not fit now; the journal stays the truth
+            log.warning("batch %s: could not record state %s: %s", self.job.id, status, e)
+            self.job.state["status"] = status
+
+    def _wait_for_space(self, where, needed):
+        """Poll free space with a bounded backoff until the write can fit."""
+        delay, cap = self.backoff
+        last_note = self.clock()
+        while True:
+            if self.stop.wait(delay):
+                raise Stopped()
+            if self.job.cancel_requested():
+                raise Stopped()
+            try:
+                free = self.disk.free_bytes(where)
+            except OSError:
+                free = 0
+            if free >= needed + SPACE_MARGIN:
+                return
+            if self.clock() - last_note > 600:
+                last_note = self.clock()
+                log.error("batch %s: still paused: No space left on device in %s (%s free)", self.job.id, where,
+                          _human(free))
+            delay = min(delay * 2, cap)
+
+    def _remove_temp_files(self):
+        suffix = ".%s.part" % self.job.id
+        try:
+            names = os.listdir(self.job.out_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith(".") and name.endswith(suffix):
+                log.info("batch %s: removing the partial output %s left by an interrupted run", self.job.id, name)
+                self.disk.remove(os.path.join(self.job.out_dir, name))
+
+
+def _human(n):
+    return "%.1f MB" % (n / 1048576.0) if n >= 1048576 else "%d KB" % (n // 1024)

@@ -1,0 +1,353 @@
+"""Durable batch job store.
+
+Layout (one directory per job, under ``<paths.state_dir>/batches/``)::
+
+    <id>/input.jsonl    the submitted file, byte for byte
+    <id>/tasks.jsonl    the validated tasks, normalised (what the runner reads)
+    <id>/job.json       the job's state, written atomically (temp + fsync + rename)
+    <id>/journal.jsonl  append-only outcome of each task, one JSON object per line
+    <id>/lock           flock'd by the process running the job (released by the kernel
+                        when that process dies, even by kill -9)
+    <id>/cancel         present once cancellation was requested
+
+Outputs go to ``job.out_dir``: ``<paths.output_dir>/<id>/`` by default (service jobs),
+or the directory given to `glmtts batch run --out DIR`. Each output is written to a
+hidden temp file in that directory and renamed into place, so a file named
+``<output_name>.wav`` is always complete.
+
+The journal is the truth about tasks: a task is finished when the journal holds its
+``done`` or ``failed`` record (appended and fsync'd *after* the output was renamed into
+place). A crash between rename and journal only means the task is redone and its file
+replaced by an identical one. A torn last line (crash mid-append) is cut off on open.
+"""
+
+import datetime
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import time
+
+from ..errors import DiskFullError, InputError, NotFoundError
+from . import states
+from .fsutil import atomic_write, fsync_dir, is_disk_full
+from .schema import Task
+
+log = logging.getLogger(__name__)
+
+JOB_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
+
+
+def new_job_id(now=None):
+    stamp = datetime.datetime.fromtimestamp(time.time() if now is None else now, datetime.timezone.utc)
+    return "%s-%s" % (stamp.strftime("%Y%m%d-%H%M%S"), secrets.token_hex(3))
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Journal:
+    """Append-only JSONL file of task outcomes."""
+
+    def __init__(self, path):
+        self.path = path
+        self._fd = None
+        self._size = None
+
+    def replay(self):
+        """All complete records. A torn last line is truncated away so the next
+        append starts on a fresh line."""
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        good = data.rfind(b"\n") + 1
+        if good < len(data):
+            log.warning("journal %s: dropping a torn last line (%d bytes) left by a crash", self.path, len(data) - good)
+            with open(self.path, "r+b") as f:
+                f.truncate(good)
+                os.fsync(f.fileno())
+        records = []
+        for n, line in enumerate(data[:good].splitlines(), 1):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                log.warning("journal %s: skipping unreadable line %d", self.path, n)
+                continue
+            if isinstance(rec, dict):
+                records.append(rec)
+        return records
+
+    def append(self, record, *, sync=True):
+        """Append one record. On failure (e.g. ENOSPC) the file is cut back to where it
+        was, so a retried append never leaves half a line behind."""
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._size = os.fstat(self._fd).st_size
+        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self._fd, view):]
+            if sync:
+                os.fsync(self._fd)
+        except OSError:
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass
+            raise
+        self._size += len(line)
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Progress:
+    """Task outcomes folded from the journal."""
+
+    def __init__(self, total, records=()):
+        self.total = total
+        self.done = {}  # task index -> done record
+        self.failed = {}  # task index -> failed record
+        self.starts = {}  # task index -> times started
+        for rec in records:
+            self.add(rec)
+
+    def add(self, rec):
+        i = rec.get("task")
+        kind = rec.get("t")
+        if kind == states.TASK_START:
+            self.starts[i] = self.starts.get(i, 0) + 1
+        elif kind == states.TASK_DONE:
+            self.done[i] = rec
+        elif kind == states.TASK_FAILED and i not in self.done:
+            self.failed[i] = rec
+
+    def finished(self, index):
+        return index in self.done or index in self.failed
+
+    @property
+    def pending(self):
+        return self.total - len(self.done) - len(self.failed)
+
+    def to_dict(self):
+        return {"total": self.total, "done": len(self.done), "failed": len(self.failed), "pending": self.pending,
+                "percent": round(100.0 * (self.total - self.pending) / self.total, 1) if self.total else 100.0}
+
+
+class BatchJob:
+    def __init__(self, path, state):
+        self.dir = path
+        self.state = state
+        self._tasks = None
+        self.journal = Journal(os.path.join(path, "journal.jsonl"))
+        self._lock_fd = None
+
+    id = property(lambda self: self.state["id"])
+    status = property(lambda self: self.state["status"])
+    out_dir = property(lambda self: self.state["out_dir"])
+    input_path = property(lambda self: os.path.join(self.dir, "input.jsonl"))
+
+    @property
+    def tasks(self):
+        if self._tasks is None:
+            with open(os.path.join(self.dir, "tasks.jsonl"), encoding="utf-8") as f:
+                self._tasks = [Task.from_dict(json.loads(line)) for line in f if line.strip()]
+        return self._tasks
+
+    def save(self):
+        atomic_write(os.path.join(self.dir, "job.json"),
+                     json.dumps(self.state, indent=1, ensure_ascii=False).encode())
+
+    def transition(self, new, *, now=None, reason=None, **fields):
+        """The one place a job changes state (see states.py for the arrows)."""
+        old = self.state["status"]
+        now = time.time() if now is None else now
+        self.state.update(fields)
+        self.state["status"] = new
+        self.state["updated_at"] = now
+        if reason is not None:
+            self.state["reason"] = reason
+        if new == states.RUNNING and not self.state.get("started_at"):
+            self.state["started_at"] = now
+        if new in states.FINISHED:
+            self.state["finished_at"] = now
+        if old != new:
+            log.info("batch %s: %s -> %s%s", self.id, old, new, (" (%s)" % reason) if reason else "")
+        self.save()
+
+    def progress(self):
+        return Progress(self.state["tasks"], self.journal.replay())
+
+    # -- cancellation and ownership ---------------------------------------------
+
+    def request_cancel(self):
+        with open(os.path.join(self.dir, "cancel"), "w") as f:
+            f.write("%f\n" % time.time())
+
+    def cancel_requested(self):
+        return os.path.exists(os.path.join(self.dir, "cancel"))
+
+    def try_lock(self):
+        """Take the job's lock (one runner per job, across processes). False if held."""
+        fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, b"%d\n" % os.getpid())
+        self._lock_fd = fd
+        return True
+
+    def unlock(self):
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        self.journal.close()
+
+    def locked_by_other(self):
+        """True when another live process runs this job right now."""
+        if self._lock_fd is not None:
+            return False
+        if self.try_lock():
+            self.unlock()
+            return False
+        return True
+
+    def summary(self):
+        """What `glmtts batch status` and GET /v1/batches/{id} show."""
+        progress = self.progress()
+        tasks = self.tasks
+        failures = []
+        for i, rec in sorted(progress.failed.items()):
+            t = tasks[i] if 0 <= i < len(tasks) else None
+            failures.append({"task": i, "line": rec.get("line", t.line if t else None),
+                             "output_name": rec.get("output_name", t.output_name if t else None),
+                             "reason": rec.get("reason", "")})
+        out = {k: self.state.get(k) for k in ("id", "status", "reason", "source", "created_at", "started_at",
+                                              "finished_at", "updated_at", "out_dir", "engine", "skipped_lines")}
+        status = self.status
+        if status in (states.RUNNING, states.PAUSED) and not self.locked_by_other():
+            status = "interrupted"  # the process running it died; resumes on the next run / service start
+        out["state"] = status
+        out["progress"] = progress.to_dict()
+        out["failures"] = failures
+        out["audio_s"] = round(sum(r.get("audio_s", 0.0) for r in progress.done.values()), 2)
+        return out
+
+
+class JobStore:
+    """All jobs under ``<state_dir>/batches``."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.root = os.path.join(settings.paths.state_dir, "batches")
+
+    def _path(self, job_id):
+        if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+            raise NotFoundError("no batch job %r (job ids look like 20250101-120000-a1b2c3)" % (job_id,))
+        return os.path.join(self.root, job_id)
+
+    def create(self, data, report, *, source="", out_dir=None, skip_invalid=False, now=None):
+        """Persist a validated job and return it (status queued). The job directory is
+        built under a temporary name and renamed, so a crash never leaves half a job."""
+        if not report.ok and not skip_invalid:
+            raise InputError("the batch file has %d error(s); fix them or skip the invalid lines"
+                             % len(report.errors))
+        if not report.tasks:
+            raise InputError("the batch file has no valid task")
+        now = time.time() if now is None else now
+        job_id = new_job_id(now)
+        managed = out_dir is None
+        out_dir = os.path.abspath(out_dir or os.path.join(self.settings.paths.output_dir, job_id))
+        os.makedirs(self.root, exist_ok=True)
+        tmp = os.path.join(self.root, ".new-" + job_id)
+        os.makedirs(tmp)
+        try:
+            if isinstance(data, (bytes, bytearray)):
+                atomic_write(os.path.join(tmp, "input.jsonl"), bytes(data))
+                digest = hashlib.sha256(data).hexdigest()
+            else:  # a path: copied by streaming, a batch file may be large
+                shutil.copyfile(data, os.path.join(tmp, "input.jsonl"))
+                digest = file_sha256(data)
+            tasks = "".join(json.dumps(t.to_dict(), ensure_ascii=False) + "\n" for t in report.tasks)
+            atomic_write(os.path.join(tmp, "tasks.jsonl"), tasks.encode())
+            state = {"id": job_id, "status": states.QUEUED, "reason": None, "source": source,
+                     "created_at": now, "updated_at": now, "started_at": None, "finished_at": None,
+                     "input_sha256": digest, "tasks": len(report.tasks),
+                     "skipped_lines": report.invalid_lines, "out_dir": out_dir, "managed_out": managed,
+                     "engine": self.settings.engine.name, "estimate": report.estimate}
+            job = BatchJob(tmp, state)
+            job.save()
+            os.makedirs(out_dir, exist_ok=True)
+            os.rename(tmp, os.path.join(self.root, job_id))
+            fsync_dir(self.root)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if is_disk_full(e):
+                raise DiskFullError("no space left on device to store the batch job (%s): free space, e.g. "
+                                    "`glmtts batch prune`, and submit again" % (e.filename or self.root)) from None
+            raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        job.dir = os.path.join(self.root, job_id)
+        job.journal = Journal(os.path.join(job.dir, "journal.jsonl"))
+        log.info("batch %s: created with %d tasks from %s, outputs in %s", job_id, len(report.tasks),
+                 source or "upload", out_dir)
+        return job
+
+    def get(self, job_id):
+        path = self._path(job_id)
+        try:
+            with open(os.path.join(path, "job.json"), encoding="utf-8") as f:
+                state = json.load(f)
+        except FileNotFoundError:
+            raise NotFoundError("no batch job %s (see `glmtts batch list`)" % job_id) from None
+        return BatchJob(path, state)
+
+    def list(self):
+        """Jobs, oldest first."""
+        try:
+            names = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return []
+        jobs = []
+        for name in names:
+            if JOB_ID.fullmatch(name):
+                try:
+                    jobs.append(self.get(name))
+                except (NotFoundError, OSError, ValueError) as e:
+                    log.warning("batch store: skipping unreadable job %s: %s", name, e)
+        jobs.sort(key=lambda j: (j.state.get("created_at") or 0, j.id))
+        return jobs
+
+    def resumable(self):
+        return [j for j in self.list() if j.status in states.RESUMABLE]
+
+    def find_latest(self, input_sha256, out_dir, *, unfinished_only=False):
+        """The newest job of this input and output directory: what `glmtts batch run
+        FILE --out DIR` resumes (or reports as already done)."""
+        out_dir = os.path.abspath(out_dir) if out_dir else None
+        for job in reversed(self.resumable() if unfinished_only else self.list()):
+            if job.state.get("input_sha256") == input_sha256 and (out_dir is None or job.out_dir == out_dir):
+                return job
+        return None
+
+    def delete(self, job):
+        shutil.rmtree(job.dir)

@@ -1,0 +1,137 @@
+"""`glmtts synth`: synthesize one text to an audio file with the configured engine,
+optionally matching a reference voice (zero-shot). Writes the file atomically."""
+
+import logging
+import os
+import sys
+import tempfile
+import time
+
+from . import audio as audio_mod
+from . import config
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = {".wav": "wav", ".flac": "flac", ".pcm": "pcm", ".raw": "pcm", ".mp3": "mp3"}
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "synth", help="synthesize text to an audio file",
+        description="Synthesize text with the configured engine (engine.name) and write an audio file. "
+                    "With --prompt-audio/--prompt-text the output matches that voice "
+                    "(espeak: pitch and speaking rate; glmtts: timbre cloning).",
+        epilog="example: glmtts synth --text '你好，世界。' -o hello.wav")
+    p.add_argument("--text", help="text to speak (Mandarin, English or mixed)")
+    p.add_argument("--text-file", metavar="FILE", help="read the text from a UTF-8 file instead")
+    p.add_argument("--prompt-audio", metavar="FILE", help="reference recording (wav/flac/ogg/mp3, 2-30 s)")
+    p.add_argument("--prompt-text", metavar="TEXT", default="", help="transcript of the reference recording")
+    p.add_argument("--sample-rate", type=str, default=None, help="24000 or 32000 (default: engine.sample_rate)")
+    p.add_argument("--seed", type=str, default=None, help="random seed (default: engine.seed)")
+    p.add_argument("--speed", type=str, default="1.0", help="speaking speed factor 0.25-4.0 (default 1.0)")
+    p.add_argument("--phoneme", action="store_true", default=None,
+                   help="apply the G2P replacement dictionary (engine.g2p_dict)")
+    p.add_argument("--no-cache", dest="use_cache", action="store_false", default=None,
+                   help="disable the language model's KV cache (engine glmtts)")
+    p.add_argument("--format", choices=sorted(set(EXTENSIONS.values())), default=None,
+                   help="output format (default: from the -o extension, else wav)")
+    p.add_argument("-o", "--output", metavar="FILE", help="output file (written atomically)")
+    p.set_defaults(func=run)
+
+
+def _number(raw, kind, name, allowed):
+    try:
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise InputError("--%s %r is not a number; allowed: %s" % (name, raw, allowed)) from None
+
+
+def _read_text(args):
+    if args.text is not None and args.text_file:
+        raise InputError("give either --text or --text-file, not both")
+    if args.text_file:
+        try:
+            with open(args.text_file, encoding="utf-8") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise InputError("text file %s does not exist" % args.text_file) from None
+        except UnicodeDecodeError:
+            raise InputError("text file %s is not UTF-8 text" % args.text_file) from None
+    if args.text is None:
+        raise InputError("nothing to say: give --text '...' or --text-file FILE")
+    return args.text
+
+
+def _read_prompt(args, settings):
+    if not args.prompt_audio:
+        if args.prompt_text:
+            raise InputError("--prompt-text needs --prompt-audio (the recording it transcribes)")
+        return None, None
+    try:
+        with open(args.prompt_audio, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise InputError("prompt audio file %s does not exist" % args.prompt_audio) from None
+    except IsADirectoryError:
+        raise InputError("prompt audio %s is a directory, not an audio file" % args.prompt_audio) from None
+    except PermissionError:
+        raise InputError("prompt audio file %s is not readable by this user" % args.prompt_audio) from None
+    return audio_mod.decode_reference(data, settings.limits, what="prompt audio %s" % args.prompt_audio)
+
+
+def write_atomic(path, data):
+    """Write bytes to path via a temporary file in the same directory + fsync + rename,
+    so a reader never sees a half-written file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise InputError("output directory %s does not exist" % directory)
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def run(args):
+    from .engines import SynthesisRequest, create
+
+    settings = config.load(args.config)
+    if not args.output:
+        raise InputError("no output file: give -o out.wav")
+    text = _read_text(args)
+    sample_rate = settings.engine.sample_rate if args.sample_rate is None else \
+        _number(args.sample_rate, int, "sample-rate", "24000 | 32000")
+    if sample_rate not in (24000, 32000):
+        raise InputError("--sample-rate %s is not supported; allowed: 24000 | 32000" % sample_rate)
+    seed = settings.engine.seed if args.seed is None else _number(args.seed, int, "seed", "an integer 0..4294967295")
+    speed = _number(args.speed, float, "speed", "0.25..4.0")
+    if not 0.25 <= speed <= 4.0:
+        raise InputError("--speed %s is out of range; allowed: 0.25..4.0" % args.speed)
+    fmt = args.format or EXTENSIONS.get(os.path.splitext(args.output)[1].lower(), "wav")
+    prompt_audio, prompt_rate = _read_prompt(args, settings)
+
+    engine = create(settings)
+    started = time.monotonic()
+    engine.load()
+    loaded = time.monotonic()
+    request = SynthesisRequest(
+        text=text, sample_rate=sample_rate, seed=seed, speed=speed,
+        use_cache=settings.engine.use_cache if args.use_cache is None else args.use_cache,
+        phoneme=settings.engine.phoneme if args.phoneme is None else args.phoneme,
+        prompt_audio=prompt_audio, prompt_sample_rate=prompt_rate, prompt_text=args.prompt_text)
+    result = engine.synthesize(request)
+    done = time.monotonic()
+    write_atomic(args.output, audio_mod.encode(result.audio, result.sample_rate, fmt))
+    print("wrote %s: %.2f s of %s audio at %d Hz (engine %s, load %.2f s, synthesis %.2f s)"
+          % (args.output, result.duration_s, fmt, result.sample_rate, engine.name,
+             loaded - started, done - loaded), file=sys.stdout)
+    return 0

@@ -1,0 +1,95 @@
+"""Run a runbook's steps against one instance and record each in the incident.
+
+Steps run in order; a failed step stops them and on_failure runs instead; a step that
+asks for a human (escalate) ends everything. A runbook is verified when its last
+smoke_test passed. Common step parameters: ``when: unhealthy`` runs the step only if a
+quick probe still fails (the service may have come back by itself), ``if_xid: [...]``
+only if the incident carries one of those Xid codes.
+"""
+
+import logging
+
+from .actions import ACTIONS, DRY_RUN, ESCALATE, FAILED, SKIPPED, StepResult
+from .probe import UNHEALTHY
+from .signatures import xid_of
+from .states import IncidentState, incident_transition
+
+log = logging.getLogger(__name__)
+
+
+def incident_xids(incident):
+    out = []
+    for ev in incident.evidence:
+        x = xid_of(ev.get("line", ""))
+        if x and x[1] not in out:
+            out.append(x[1])
+    return out
+
+
+def _run_step(step, ctx, section):
+    clock = ctx.host.clock
+    params = dict(step.params)
+    when = params.pop("when", "always")
+    if_xid = params.pop("if_xid", None)
+    t0 = clock.monotonic()
+    if if_xid is not None and not set(if_xid) & set(incident_xids(ctx.incident)):
+        result = StepResult(SKIPPED, "no Xid %s in this incident" % if_xid)
+    elif when == "unhealthy" and not ctx.dry_run and ctx.probe().verdict != UNHEALTHY:
+        result = StepResult(SKIPPED, "service is not unhealthy (any more); step not needed")
+    else:
+        try:
+            result = ACTIONS[step.action]()(ctx, **params)
+        except Exception as e:  # an action bug must not kill the cycle: record it as a failure
+            log.exception("action %s crashed", step.action)
+            result = StepResult(FAILED, "action crashed: %s: %s" % (type(e).__name__, e))
+    duration = clock.monotonic() - t0
+    rec = {"section": section, "action": step.action, "params": step.params, "status": result.status,
+           "detail": result.detail, "duration_s": round(duration, 3), "started_at": clock.now() - duration}
+    if result.data:
+        rec["data"] = result.data
+    ctx.incident.steps.append(rec)
+    lvl = logging.WARNING if result.status in (FAILED, ESCALATE) else logging.INFO
+    log.log(lvl, "%s %s step %s: %s %s", ctx.instance.unit, section, step.action, result.status, result.detail)
+    return result
+
+
+def _run_steps(steps, ctx, section):
+    """'ok' | 'failed' | 'escalate', and whether a smoke test passed last."""
+    verified = None
+    for step in steps:
+        result = _run_step(step, ctx, section)
+        if result.status == ESCALATE:
+            ctx.incident.reason = result.detail
+            return "escalate", verified
+        if result.status == FAILED:
+            ctx.incident.reason = "%s: %s" % (step.action, result.detail)
+            return "failed", verified
+        if step.action == "smoke_test" and result.status != SKIPPED:
+            verified = result.status != DRY_RUN and result.ok
+    return "ok", verified
+
+
+def execute(runbook, ctx):
+    """Run runbook for ctx.incident (already OPENED); leave it in a terminal state."""
+    inc = ctx.incident
+    inc.runbook, inc.runbook_path, inc.escalate = runbook.id, runbook.path, runbook.escalate
+    incident_transition(inc, IncidentState.REMEDIATING, "runbook %s" % runbook.id)
+    outcome, verified = _run_steps(runbook.steps, ctx, "steps")
+    if outcome == "ok" and verified is False:
+        outcome = "failed"
+    if outcome == "failed" and runbook.on_failure:
+        inc.verified_at = None
+        outcome, verified = _run_steps(runbook.on_failure, ctx, "on_failure")
+        if outcome == "ok" and verified is False:
+            outcome = "failed"
+    if ctx.dry_run:
+        incident_transition(inc, IncidentState.DRY_RUN, "dry run: nothing was changed")
+    elif outcome == "escalate":
+        incident_transition(inc, IncidentState.ESCALATED, inc.reason)
+    elif outcome == "failed":
+        incident_transition(inc, IncidentState.FAILED, inc.reason)
+    else:
+        inc.reason = "verified by the smoke test" if verified else "steps completed"
+        incident_transition(inc, IncidentState.RECOVERED, inc.reason)
+    inc.ended_at = ctx.host.clock.now()
+    return inc

@@ -1,0 +1,186 @@
+"""The one thin object through which the watchdog touches the operating system:
+subprocesses (systemctl, supervisorctl, journalctl, nvidia-smi), signals, /proc via
+psutil, listening sockets, disk usage, NVML and the clock. Tests replace pieces of it
+(a fake NVML, a fake nvidia-smi on PATH, an injected clock); production code never asks
+whether it is under test."""
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Completed:
+    argv: list
+    rc: int
+    out: str = ""
+    err: str = ""
+
+
+@dataclass
+class GpuInfo:
+    index: int
+    name: str = ""
+    uuid: str = ""
+    pci_bus: str = ""
+    memory_used_mb: float = 0.0
+    memory_total_mb: float = 0.0
+    processes: list = field(default_factory=list)   # [{"pid":, "used_mb":}]
+
+    def to_dict(self):
+        return dict(self.__dict__)
+
+
+class Clock:
+    """Wall clock for records, monotonic for durations, sleep for waits."""
+
+    def now(self):
+        return time.time()
+
+    def monotonic(self):
+        return time.monotonic()
+
+    def sleep(self, seconds):
+        time.sleep(max(0.0, seconds))
+
+
+class Host:
+    def __init__(self, clock=None, nvidia_smi="nvidia-smi", cgroup_root="/sys/fs/cgroup", nvml=None):
+        self.clock = clock or Clock()
+        self.nvidia_smi = nvidia_smi
+        self.cgroup_root = cgroup_root
+        self._nvml = nvml  # a pynvml-like module; None = import pynvml lazily
+
+    # -- subprocesses and signals -----------------------------------------------------
+    def run(self, argv, timeout=60.0):
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, errors="replace")
+        except FileNotFoundError:
+            return Completed(list(argv), 127, "", "%s: command not found" % argv[0])
+        except subprocess.TimeoutExpired as e:
+            return Completed(list(argv), 124, (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""),
+                             "timed out after %.0f s" % timeout)
+        return Completed(list(argv), p.returncode, p.stdout, p.stderr)
+
+    def which(self, name):
+        return shutil.which(name)
+
+    def kill(self, pid, sig):
+        os.kill(pid, sig)
+
+    def euid(self):
+        return os.geteuid()
+
+    def own_pids(self):
+        """This process and its ancestors: never signalled, whatever a cgroup says."""
+        pids = set()
+        try:
+            p = psutil.Process()
+            pids.add(p.pid)
+            pids.update(a.pid for a in p.parents())
+        except psutil.Error:
+            pids.add(os.getpid())
+        return pids
+
+    # -- processes --------------------------------------------------------------------
+    def process(self, pid):
+        """A dict describing pid, or None if it does not exist."""
+        try:
+            p = psutil.Process(pid)
+            with p.oneshot():
+                return {"pid": pid, "ppid": p.ppid(), "name": p.name(), "cmdline": " ".join(p.cmdline())[:500],
+                        "user": p.username(), "status": p.status(), "create_time": p.create_time()}
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return None
+        except psutil.AccessDenied:
+            return {"pid": pid, "ppid": None, "name": "?", "cmdline": "?", "user": "?", "status": "?", "create_time": None}
+
+    def alive(self, pid):
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def descendants(self, pid):
+        try:
+            return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def cgroup_pids(self, cgroup):
+        """PIDs in a cgroup (v2 path as systemd reports it in ControlGroup=)."""
+        if not cgroup:
+            return []
+        try:
+            with open(os.path.join(self.cgroup_root, cgroup.lstrip("/"), "cgroup.procs")) as f:
+                return [int(x) for x in f.read().split()]
+        except (OSError, ValueError):
+            return []
+
+    def port_owners(self, port):
+        """PIDs listening on TCP port (any address)."""
+        pids = set()
+        try:
+            conns = psutil.net_connections(kind="tcp")
+        except psutil.Error:
+            conns = []
+        for c in conns:
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+                pids.add(c.pid)
+        return sorted(pids)
+
+    # -- disk and GPU -----------------------------------------------------------------
+    def disk_free(self, path):
+        """(free_bytes, total_bytes) of the filesystem holding path (or its nearest existing parent)."""
+        p = os.path.abspath(path)
+        while not os.path.exists(p) and p != "/":
+            p = os.path.dirname(p)
+        u = shutil.disk_usage(p)
+        return u.free, u.total
+
+    def nvml(self):
+        if self._nvml is None:
+            try:
+                import pynvml
+                pynvml.nvmlInit()
+                self._nvml = pynvml
+            except Exception as e:  # no driver, no GPU: both normal on CPU hosts
+                log.debug("NVML unavailable: %s", e)
+                self._nvml = False
+        return self._nvml or None
+
+    def gpus(self):
+        """GpuInfo per device, [] when there is no NVML (no GPU, no driver)."""
+        nv = self.nvml()
+        if not nv:
+            return []
+        out = []
+        try:
+            for i in range(nv.nvmlDeviceGetCount()):
+                h = nv.nvmlDeviceGetHandleByIndex(i)
+                mem = nv.nvmlDeviceGetMemoryInfo(h)
+                procs = []
+                for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+                    try:
+                        for p in getattr(nv, getter)(h):
+                            procs.append({"pid": p.pid, "used_mb": (p.usedGpuMemory or 0) / 2**20})
+                    except Exception:
+                        pass
+                name = nv.nvmlDeviceGetName(h)
+                uuid = nv.nvmlDeviceGetUUID(h)
+                pci = nv.nvmlDeviceGetPciInfo(h).busId
+                out.append(GpuInfo(i, _s(name), _s(uuid), _s(pci), mem.used / 2**20, mem.total / 2**20, procs))
+        except Exception as e:
+            log.warning("NVML query failed: %s", e)
+        return out
+
+
+def _s(v):
+    return v.decode() if isinstance(v, bytes) else str(v)

@@ -1,0 +1,28 @@
+"""`glmtts-watchdog runbook exec ID`: a human runs a runbook's steps now. It takes the
+cycle lock (never alongside an automatic cycle), records an incident marked manual, and
+does not count against the remediation rate limit."""
+
+from ..errors import GlmttsError
+from . import incidents
+from .actions import Context
+from .executor import execute
+from .instances import find
+from .lock import CycleLock
+
+
+def exec_runbook(wd, runbook, unit=None):
+    inst = find(wd.instances, unit or wd.settings.watchdog.unit)
+    lock = CycleLock(wd.lock_path)
+    if not lock.acquire():
+        raise GlmttsError("another watchdog cycle is running (pid %s); try again in a moment" % lock.holder)
+    try:
+        now = wd.host.clock.now()
+        inc = incidents.Incident(incidents.new_id(inst.unit, now), inst.unit, inst.url, now, manual=True, fault_at=now)
+        ctx = Context(wd.settings, inst, wd.host, wd.manager, inc, wd.dry_run,
+                      wd.alerter(wd.load_state()))
+        execute(runbook, ctx)
+        if not wd.dry_run:
+            wd.incident_log.append(inc)
+        return inc
+    finally:
+        lock.release()

@@ -1,0 +1,83 @@
+"""The watchdog's persisted state: scanner positions, probe failure counts, remediation
+guards and sent alerts. Written atomically (temp file in the same directory, fsync,
+rename) so a watchdog killed mid-cycle leaves either the old state or the new one."""
+
+import json
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+
+
+def atomic_write(path, data):
+    """Replace path with data (bytes) atomically and durably."""
+    d = os.path.dirname(path) or "."
+    os.makedirs(d, exist_ok=True)
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def watchdog_dir(settings):
+    return os.path.join(settings.paths.state_dir, "watchdog")
+
+
+class WatchdogState:
+    """A dict with named sections, loaded from and saved to ``path``."""
+
+    SECTIONS = ("scanner", "instances", "guards", "alerts_sent")
+
+    def __init__(self, path, data=None):
+        self.path = path
+        self.data = data or {}
+        self.data.setdefault("version", VERSION)
+        for s in self.SECTIONS:
+            self.data.setdefault(s, {})
+
+    @classmethod
+    def load(cls, path):
+        try:
+            with open(path, "rb") as f:
+                data = json.loads(f.read().decode("utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+        except FileNotFoundError:
+            data = {}
+        except (ValueError, UnicodeDecodeError) as e:
+            # Unreadable state must not stop the watchdog: keep the file for a human
+            # and start afresh (scanner positions restart at the end of each log).
+            bad = path + ".corrupt"
+            log.error("watchdog state %s is unreadable (%s); moved to %s, starting afresh", path, e, bad)
+            os.replace(path, bad)
+            data = {}
+        return cls(path, data)
+
+    def save(self):
+        atomic_write(self.path, json.dumps(self.data, indent=1, sort_keys=True).encode("utf-8"))
+
+    def section(self, name):
+        return self.data.setdefault(name, {})
+
+    def instance(self, unit):
+        return self.section("instances").setdefault(unit, {})

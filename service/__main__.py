@@ -1,0 +1,97 @@
+"""`python -m service` (and `glmtts serve`): the service process.
+
+Order: validate config -> bind the port (fail fast) -> start serving /healthz (503
+"loading") -> load the engine and warm it up -> READY. Exit codes tell a supervisor
+whether retrying can help: 78 configuration error (it cannot, until a human edits the
+config), 3 engine load failure, 4 port in use.
+"""
+
+import argparse
+import errno
+import logging
+import os
+import socket
+import sys
+
+log = logging.getLogger("glmtts_service")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Run the glmtts service in the foreground: HTTP API + Gradio UI on one port "
+                    "(server.host:server.port, default 127.0.0.1:7860). Access lines go to stdout, "
+                    "errors to stderr; SIGHUP reopens both log files. Exit codes: 78 config error, "
+                    "3 engine load failure, 4 port in use.")
+    p.add_argument("--config", metavar="PATH", help="config file (default: $GLMTTS_CONFIG or /etc/glmtts/glmtts.toml)")
+    return p
+
+
+def bind_socket(host, port):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6 and host == "::":
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    try:
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(config_path=None):
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from glmtts import config, engines
+    from glmtts.errors import EXIT_CONFIG, EXIT_PORT_IN_USE, ConfigError, GlmttsError
+
+    from . import logs
+
+    logs.setup()
+    reopener = logs.LogReopener()
+    reopener.install()
+    try:
+        settings = config.load(config_path)
+        engine = engines.create(settings)
+    except ConfigError as e:
+        log.error("configuration error: %s", e)
+        return EXIT_CONFIG
+    try:
+        sock = bind_socket(settings.server.host, settings.server.port)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            log.error("port %d on %s is already in use (Address already in use; server.port): find its owner "
+                      "with `ss -ltnp 'sport = :%d'` or `glmtts-watchdog diagnose`, then stop it or set "
+                      "GLMTTS_SERVER_PORT to a free port", settings.server.port, settings.server.host,
+                      settings.server.port)
+            return EXIT_PORT_IN_USE
+        log.error("cannot bind %s:%d: %s", settings.server.host, settings.server.port, e)
+        return EXIT_CONFIG
+
+    import uvicorn
+
+    from .app import create_app
+
+    try:
+        app = create_app(settings, engine, reopener=reopener)
+    except GlmttsError as e:  # e.g. an unreadable blocklist file
+        log.error("configuration error: %s", e)
+        return EXIT_CONFIG
+    runtime = app.state.runtime
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
+                                           timeout_graceful_shutdown=10, server_header=False))
+    runtime.request_exit = lambda code: setattr(server, "should_exit", True)
+    log.info("glmtts %s listening on http://%s:%d (engine %s loading)", runtime.version, settings.server.host,
+             settings.server.port, settings.engine.name)
+    server.run(sockets=[sock])
+    return runtime.exit_code or 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return serve(args.config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Per-request bookkeeping as ASGI middleware: request id, one access line on stdout,
+and the request counters and latency histogram. Outermost, so refusals (401, 413, 429)
+are logged and counted like everything else; the duration runs to the last byte sent,
+which for a streamed answer is the end of the stream."""
+
+import re
+import secrets
+import time
+
+from . import logs
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def route_label(scope):
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if path and path.startswith("/") and "{rest" not in path:
+        return path
+    if scope["path"] in ("/healthz", "/livez", "/readyz", "/metrics"):
+        return scope["path"]
+    if scope["path"].startswith(("/v1/", "/admin/")):
+        return "unmatched"
+    return "ui"
+
+
+class AccessMiddleware:
+    def __init__(self, app, metrics=None, clock=time.monotonic):
+        self.app = app
+        self.metrics = metrics
+        self.clock = clock
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = self.clock()
+        rid = None
+        for k, v in scope.get("headers", []):
+            if k == b"x-request-id":
+                value = v.decode("latin-1")
+                rid = value if _SAFE_ID.match(value) else None
+        rid = rid or secrets.token_hex(8)
+        scope.setdefault("state", {})["request_id"] = rid
+        info = {"status": 500, "bytes": 0}
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                info["status"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [(b"x-request-id", rid.encode())]
+            elif message["type"] == "http.response.body":
+                info["bytes"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = self.clock() - t0
+            client = scope.get("client")
+            logs.write_access(client=client[0] if client else "-", method=scope["method"], path=scope["path"],
+                              status=info["status"], nbytes=info["bytes"], duration_ms=elapsed * 1000.0,
+                              request_id=rid)
+            if self.metrics is not None:
+                label = route_label(scope)
+                self.metrics.requests.labels(label, scope["method"], str(info["status"])).inc()
+                self.metrics.latency.labels(label).observe(elapsed)

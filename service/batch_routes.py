@@ -1,0 +1,225 @@
+"""/v1/batches: submit a JSONL batch, poll it, download its zip, cancel it.
+
+Jobs run inside the service on one background thread, oldest first, through the shared
+inference worker at BATCH priority (interactive requests are always taken first). Each
+task is submitted only when the previous one finished, so a batch never holds more than
+one place in the worker's queue. Unfinished jobs resume by themselves once the engine
+is warm (a ``runtime.on_ready`` hook), after a crash, kill -9 or restart.
+"""
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from glmtts.batch import states
+from glmtts.batch.archive import iter_zip
+from glmtts.batch.runner import Runner, Stopped
+from glmtts.batch.store import JobStore
+from glmtts.batch.validate import validate_bytes
+from glmtts.errors import DiskFullError, GlmttsError, InputError
+
+from .errors import NotReadyError, SynthesisTimeout, error_body
+from .limits import RATE_LIMITED
+from .worker import BATCH
+
+log = logging.getLogger(__name__)
+
+RATE_LIMITED.add(("POST", "/v1/batches"))
+IDLE_POLL_S = 5.0  # the runner thread also wakes at once when a job is submitted
+
+
+class WorkerSynthesizer:
+    """The runner's seam onto the shared worker."""
+
+    def __init__(self, worker, stop):
+        self.worker = worker
+        self.stop = stop
+
+    def _call(self, submit):
+        while True:
+            try:
+                job = submit()
+                break
+            except NotReadyError:
+                # loading, or failed and waiting for the watchdog's restart: the task is
+                # not at fault, so wait rather than fail it
+                if self.stop.wait(1.0):
+                    raise Stopped() from None
+        # Time in the queue behind interactive requests does not count: only a task
+        # that runs longer than limits.request_timeout_s is abandoned.
+        limit = self.worker.settings.limits.request_timeout_s
+        while True:
+            try:
+                return job.future.result(timeout=0.5)
+            except concurrent.futures.TimeoutError:
+                if self.stop.is_set():
+                    job.cancelled = True
+                    raise Stopped() from None
+                if job.started_at is not None and self.worker.clock() - job.started_at > limit:
+                    job.cancelled = True
+                    raise SynthesisTimeout("synthesis took longer than limits.request_timeout_s = %g s" % limit) \
+                        from None
+
+    def synthesize(self, request):
+        return self._call(lambda: self.worker.synthesize(request, BATCH))
+
+    def prepare_prompt(self, audio, rate, text):
+        return self._call(lambda: self.worker.submit(lambda engine, job: engine.prepare_prompt(audio, rate, text), BATCH))
+
+    def release_memory(self):
+        pass  # the worker already released memory when it classified the OOM
+
+
+class BatchService:
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.store = JobStore(runtime.settings)
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.current = None
+        self._thread = None
+
+    def start(self, _runtime=None):
+        """Start the runner thread (after the warm-up): resumes unfinished jobs."""
+        if self._thread is None:
+            pending = self.store.resumable()
+            if pending:
+                log.info("batch: %d unfinished job(s) to resume: %s", len(pending), ", ".join(j.id for j in pending))
+            self._thread = threading.Thread(target=self._loop, name="glmtts-batch", daemon=True)
+            self._thread.start()
+
+    def shutdown(self):
+        self.stop.set()
+        self.wake.set()
+
+    def _loop(self):
+        while not self.stop.is_set():
+            job = next((j for j in self.store.resumable() if not j.locked_by_other()), None)
+            if job is None:
+                self.wake.wait(IDLE_POLL_S)
+                self.wake.clear()
+                continue
+            self.current = job
+            try:
+                Runner(job, WorkerSynthesizer(self.runtime.worker, self.stop), self.settings, stop=self.stop).run()
+            except Exception as e:  # keep serving other jobs; this one stays resumable
+                log.error("batch %s: runner stopped: %s: %s", job.id, type(e).__name__, e)
+                self.stop.wait(10.0)
+            finally:
+                self.current = None
+
+    def submit(self, data, name, skip_invalid):
+        report = validate_bytes(data, self.settings, name=name)
+        if not report.ok and (not skip_invalid or not report.tasks):
+            return None, report
+        job = self.store.create(data, report, source=name, skip_invalid=skip_invalid)
+        self.wake.set()
+        return job, report
+
+    def cancel(self, job_id):
+        job = self.store.get(job_id)
+        if job.status in states.FINISHED:
+            return job
+        job.request_cancel()
+        if not job.locked_by_other() and (self.current is None or self.current.id != job.id):
+            job.transition(states.CANCELLED, reason="cancelled on request")
+        return job
+
+
+def attach(runtime):
+    """Wire batch jobs into a Runtime (called by create_app)."""
+    runtime.batches = BatchService(runtime)
+    runtime.on_ready.append(runtime.batches.start)
+    return runtime.batches
+
+
+router = APIRouter()
+
+
+def _batches(request):
+    service = getattr(request.app.state.runtime, "batches", None)
+    if service is None:
+        raise NotReadyError("batch jobs are not enabled in this service")
+    return service
+
+
+async def _upload(request):
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=10)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InputError("send the JSONL batch file as the multipart file field 'file'")
+        skip = str(form.get("skip_invalid", request.query_params.get("skip_invalid", ""))).lower()
+        return await upload.read(), upload.filename or "upload.jsonl", skip in ("1", "true", "yes")
+    skip = request.query_params.get("skip_invalid", "").lower()
+    return await request.body(), "upload.jsonl", skip in ("1", "true", "yes")
+
+
+def _disk_full(exc):
+    return DiskFullError("no space left on device: %s; free space (e.g. `glmtts batch prune`) and retry" % (
+        exc.strerror or exc))
+
+
+@router.post("/v1/batches", status_code=201)
+async def submit_batch(request: Request):
+    """Upload a JSONL batch file (raw body, or multipart field ``file``). Validated before
+    any work: 422 with the per-line report when invalid (``?skip_invalid=true`` runs the
+    valid lines instead)."""
+    service = _batches(request)
+    data, name, skip = await _upload(request)
+    try:
+        job, report = await asyncio.to_thread(service.submit, data, name, skip)
+    except DiskFullError:
+        raise
+    except OSError as e:
+        if e.errno == 28:
+            raise _disk_full(e) from None
+        raise
+    if job is None:
+        body = error_body(422, "the batch file has %d error(s) on line(s) %s; nothing was run. Fix them (see "
+                               "report.errors) or resubmit with ?skip_invalid=true" % (
+                                   len(report.errors), ", ".join(map(str, report.invalid_lines[:20])) or "-"),
+                          "invalid_batch")
+        body["report"] = report.to_dict()
+        return JSONResponse(body, status_code=422)
+    return JSONResponse({"id": job.id, "object": "batch", "status": job.status, "tasks": job.state["tasks"],
+                         "skipped_lines": job.state["skipped_lines"], "estimate": report.estimate,
+                         "warnings": [p.to_dict() for p in report.problems if p.severity == "warning"],
+                         "url": "/v1/batches/%s" % job.id}, status_code=201)
+
+
+@router.get("/v1/batches")
+async def list_batches(request: Request):
+    service = _batches(request)
+    jobs = await asyncio.to_thread(lambda: [j.summary() for j in service.store.list()])
+    return {"object": "list", "data": jobs}
+
+
+@router.get("/v1/batches/{job_id}")
+async def get_batch(request: Request, job_id: str):
+    service = _batches(request)
+    return await asyncio.to_thread(lambda: service.store.get(job_id).summary())
+
+
+@router.get("/v1/batches/{job_id}/archive")
+async def batch_archive(request: Request, job_id: str):
+    """Zip of the outputs finished so far plus manifest.json (status of every task)."""
+    job = _batches(request).store.get(job_id)
+    return StreamingResponse(iter_zip(job), media_type="application/zip",
+                             headers={"Content-Disposition": 'attachment; filename="batch-%s.zip"' % job.id})
+
+
+@router.delete("/v1/batches/{job_id}")
+async def cancel_batch(request: Request, job_id: str):
+    service = _batches(request)
+    job = await asyncio.to_thread(service.cancel, job_id)
+    return await asyncio.to_thread(job.summary)
+
+
+__all__ = ["router", "attach", "BatchService", "GlmttsError"]

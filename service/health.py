@@ -1,0 +1,31 @@
+"""GET /healthz, /livez, /readyz: facts from memory only (never inference, never a
+blocking call), so they answer fast while synthesis saturates the machine.
+
+/healthz: 200 only when status is ok. /livez: is the process worth keeping (503 only
+when failed or wedged: a restart would help). /readyz: may it take traffic (= ok)."""
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz(request: Request):
+    body = request.app.state.runtime.health()
+    return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+
+@router.get("/livez")
+async def livez(request: Request):
+    status, reason = request.app.state.runtime.worker.status()
+    alive = status in ("ok", "loading")
+    return JSONResponse({"status": "alive" if alive else status, "reason": None if alive else reason},
+                        status_code=200 if alive else 503)
+
+
+@router.get("/readyz")
+async def readyz(request: Request):
+    status, reason = request.app.state.runtime.worker.status()
+    return JSONResponse({"status": "ready" if status == "ok" else status, "reason": reason},
+                        status_code=200 if status == "ok" else 503)

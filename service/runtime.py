@@ -1,0 +1,156 @@
+"""Everything one service process holds, wired once: settings, engine, worker, metrics,
+limits, saved voices, the sd_notify link and the log reopener, plus the background
+duties of the event loop (heartbeat, SIGHUP reopen, GPU figures).
+
+``on_ready`` hooks run in the loader thread after the warm-up, before READY=1 (the
+batch router appends its resume step there)."""
+
+import asyncio
+import logging
+import os
+import threading
+import time
+
+from glmtts import __version__, gpu
+from glmtts.errors import EXIT_ENGINE_LOAD, GlmttsError
+
+from .limits import Limits
+from .metrics import Metrics
+from .sdnotify import Notifier
+from .voices import VoiceStore
+from .worker import LOADING, Worker
+
+log = logging.getLogger(__name__)
+
+EXTEND_S = 30.0        # each EXTEND_TIMEOUT_USEC asks systemd for this much more time
+EXTEND_EVERY_S = 10.0
+GPU_EVERY_S = 5.0
+TICK_S = 0.25
+
+
+def _gpu_status():
+    try:
+        return gpu.status()
+    except Exception as e:  # never let a GPU query take the loop down
+        return {"available": False, "reason": "gpu status failed: %s" % e, "devices": []}
+
+
+class Runtime:
+    def __init__(self, settings, engine, *, notifier=None, reopener=None, clock=time.monotonic):
+        self.settings = settings
+        self.engine = engine
+        self.clock = clock
+        self.version = __version__
+        self.metrics = Metrics()
+        self.worker = Worker(engine, settings, metrics=self.metrics, clock=clock)
+        self.metrics.bind_worker(self.worker)
+        self.limits = Limits(settings)
+        self.voices = VoiceStore(os.path.join(settings.paths.state_dir, "voices"))
+        self.notifier = notifier or Notifier()
+        self.reopener = reopener
+        self.started_mono = clock()
+        self.on_ready = []
+        self.ready = threading.Event()
+        self.exit_code = None
+        self.request_exit = None  # set by __main__: callable(code), called on the loop
+        self.gpu_status = {"available": False, "reason": "not measured yet", "devices": []}
+        self.heartbeats = 0
+        self._loop = None
+        self._tasks = []
+        self._withheld = False
+
+    # -- life cycle (FastAPI lifespan) -------------------------------------------------
+
+    async def start(self):
+        self._loop = asyncio.get_running_loop()
+        self.worker.start()
+        threading.Thread(target=self._load, name="glmtts-loader", daemon=True).start()
+        self._tasks.append(self._loop.create_task(self._duties()))
+
+    async def stop(self):
+        self.notifier.stopping()
+        self.worker.stop()
+        for t in self._tasks:
+            t.cancel()
+        log.info("service stopping")
+
+    def _load(self):
+        self.notifier.status("loading engine %s" % self.settings.engine.name)
+        try:
+            # First GPU query here, before the engine: it may import torch, and a torch import
+            # racing another thread's scipy call breaks that call ("partially initialized module").
+            self._set_gpu(_gpu_status())
+            self.worker.load()
+            for hook in self.on_ready:
+                hook(self)
+        except Exception as e:
+            if isinstance(e, GlmttsError):
+                log.error("engine load failed: %s", e)
+            else:
+                log.error("engine load failed: %s: %s", type(e).__name__, e, exc_info=e)
+            self.exit(EXIT_ENGINE_LOAD)
+            return
+        self.ready.set()
+        self.notifier.ready("ready: engine %s" % self.settings.engine.name)
+
+    def exit(self, code):
+        """Ask the server to shut down and the process to exit with ``code``."""
+        self.exit_code = code
+        if self.request_exit and self._loop:
+            self._loop.call_soon_threadsafe(self.request_exit, code)
+
+    # -- the event loop's duties -------------------------------------------------------
+
+    async def _duties(self):
+        """Runs on the event loop, so a blocked loop also stops the heartbeat."""
+        interval = self.notifier.heartbeat_interval_s
+        next_beat = next_extend = next_gpu = 0.0
+        gpu_task = None
+        while True:
+            now = self.clock()
+            if self.reopener is not None:
+                self.reopener.reopen_if_requested()
+            if self.worker.state == LOADING and now >= next_extend:
+                self.notifier.extend_timeout(EXTEND_S)
+                next_extend = now + EXTEND_EVERY_S
+            if interval and now >= next_beat:
+                next_beat = now + interval
+                self._heartbeat()
+            if self.worker.state != LOADING and now >= next_gpu and (gpu_task is None or gpu_task.done()):
+                next_gpu = now + GPU_EVERY_S
+                gpu_task = self._loop.create_task(self._refresh_gpu())
+            await asyncio.sleep(TICK_S)
+
+    def _heartbeat(self):
+        if self.worker.responsive():
+            if self._withheld:
+                log.warning("worker responsive again; resuming watchdog heartbeats")
+                self._withheld = False
+            self.notifier.watchdog()
+            self.heartbeats += 1
+        elif not self._withheld:
+            self._withheld = True
+            log.error("withholding the systemd watchdog heartbeat: %s", self.worker.status()[1])
+
+    async def _refresh_gpu(self):
+        self._set_gpu(await asyncio.to_thread(_gpu_status))
+
+    def _set_gpu(self, status):
+        self.gpu_status = status
+        self.metrics.observe_gpu(status)
+
+    # -- facts -------------------------------------------------------------------------
+
+    def health(self):
+        status, reason = self.worker.status()
+        return {
+            "status": status,
+            "reason": reason,
+            "engine": self.engine.describe(),
+            "uptime_s": round(self.clock() - self.started_mono, 3),
+            "queue_depth": self.worker.queue_depth(),
+            "in_flight": self.worker.in_flight(),
+            "gpu": self.gpu_status,
+            "last_error": self.worker.last_error,
+            "version": self.version,
+        }

@@ -1,0 +1,214 @@
+"""glmtts under a real systemd, installed by `glmtts-ops install`: start, crash, hang,
+faults, crash loop, a foreign port holder. Each scenario leaves the service healthy for the
+next and records its time to recover in artifacts/recovery.json (bench/recovery.py)."""
+
+import re
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import record_recovery
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(600)]
+EXPOSURE_TARGET = 2.5
+
+
+def healthy_again(d, timeout=120):
+    """Clear faults, clear a failed state, start, wait for /healthz 200."""
+    d.fault("")
+    if d.unit()["ActiveState"] != "active":
+        d.start()
+    d.wait_healthy(timeout)
+
+
+def new_incidents(d, before):
+    return d.incidents()[before:]
+
+
+def test_install_start_serves_logs_and_is_hardened(deployed):
+    d = deployed
+    assert "create  user glmtts" in d.install_output and "install /etc/systemd/system/glmtts.service" in d.install_output
+    t0 = time.monotonic()
+    d.start()
+    d.wait_healthy(120)
+    status = d.sd.systemctl("status", "glmtts.service", check=False).stdout
+    assert "Active: active (running)" in status, status
+    d.smoke()
+    record_recovery("cold start to ready", time.monotonic() - t0, "systemctl start -> /healthz 200 (Type=notify)")
+
+    pid = d.main_pid()
+    user = d.sd.run(["ps", "-o", "user=", "-p", str(pid)]).stdout.strip()
+    assert user == "glmtts"
+    assert re.search(r"POST /v1/audio/speech 200 \d+", d.log_text("access.log"))
+    assert "listening on http://127.0.0.1:%d" % d.port in d.log_text("error.log")
+
+    out = d.sd.run(["systemd-analyze", "security", "--no-pager", "glmtts.service"]).stdout
+    exposure = float(re.search(r"Overall exposure level for glmtts.service: (\d+\.\d)", out).group(1))
+    assert exposure <= EXPOSURE_TARGET, out
+    record_recovery("hardening exposure (systemd-analyze security)", None, "%.1f (target <= %.1f)" % (exposure, EXPOSURE_TARGET))
+
+
+def test_reload_reopens_logs_and_keeps_serving(deployed):
+    d = deployed
+    healthy_again(d)
+    pid = d.main_pid()
+    d.sd.systemctl("reload", "glmtts.service")
+    d.sd.wait_for(lambda: "reopened log files on SIGHUP" in d.log_text("error.log"), 15, what="reopen line")
+    assert d.main_pid() == pid
+    d.smoke()
+
+
+def test_kill_9_is_restarted_by_systemd_and_recorded_by_the_watchdog(deployed):
+    d = deployed
+    healthy_again(d)
+    before = len(d.incidents())
+    pid = d.main_pid()
+    t0 = time.monotonic()
+    d.sd.run(["kill", "-9", str(pid)])
+    d.sd.wait_for(lambda: d.main_pid() not in (0, pid), 60, what="a new main PID")
+    d.wait_healthy(120)
+    record_recovery("kill -9 (systemd Restart=always)", time.monotonic() - t0, "new process answering /healthz 200")
+    d.smoke()
+
+    rc, report, _ = d.watchdog_check()
+    incidents = new_incidents(d, before)
+    assert incidents, "watchdog recorded nothing after a kill -9: %s" % report
+    inc = incidents[-1]
+    assert "unexpected_exit" in inc["signatures"], inc
+    assert inc["outcome"] == "recovered" and inc["time_to_recover_s"] is not None, inc
+    record_recovery("kill -9, as the watchdog measured it", inc["time_to_recover_s"], "incident %s" % inc["id"])
+
+
+def test_sigstop_hang_is_killed_by_the_systemd_watchdog(deployed):
+    d = deployed
+    healthy_again(d)
+    pid = d.main_pid()
+    watchdog_s = float(d.sd.show("glmtts.service", "WatchdogUSec")["WatchdogUSec"].rstrip("s") or 0)
+    t0 = time.monotonic()
+    d.sd.run(["kill", "-STOP", str(pid)])
+    d.sd.wait_for(lambda: d.main_pid() not in (0, pid), watchdog_s + 40, what="systemd's watchdog to restart it")
+    killed_after = time.monotonic() - t0
+    d.wait_healthy(120)
+    record_recovery("SIGSTOP hang (WatchdogSec=%gs)" % watchdog_s, time.monotonic() - t0,
+                    "replaced %.1f s after the hang" % killed_after)
+    journal = d.sd.run(["journalctl", "--no-pager", "-u", "glmtts.service"], check=False).stdout
+    assert "Watchdog timeout" in journal, journal[-2000:]
+    d.smoke()
+
+
+def test_cuda_oom_is_answered_503_and_recorded_as_a_warning(deployed, alerts):
+    d = deployed
+    healthy_again(d)
+    before, sent = len(d.incidents()), len(alerts.bodies)
+    pid = d.main_pid()
+    t0 = time.monotonic()
+    d.fault("oom")
+    r = d.speech()
+    assert r.status_code == 503 and r.json()["error"]["code"] == "cuda_oom", r.text
+    d.fault("")
+    assert d.main_pid() == pid
+    assert "torch.OutOfMemoryError: CUDA out of memory" in d.log_text("error.log")
+    d.smoke()
+    rc, report, _ = d.watchdog_check()
+    inc = new_incidents(d, before)
+    assert inc and "cuda_oom" in inc[-1]["signatures"], report
+    assert rc in (0, 1, 2)
+    d.sd.wait_for(lambda: len(alerts.bodies) > sent, 15, what="an alert at the local endpoint")
+    assert any("cuda_oom" in t or "out of memory" in t.lower() for t in alerts.texts()[sent:])
+    record_recovery("CUDA OOM (503, service stays up)", time.monotonic() - t0, "no restart needed")
+
+
+def test_cuda_fatal_runs_the_runbook_and_the_service_recovers(deployed, alerts):
+    d = deployed
+    healthy_again(d)
+    before, sent = len(d.incidents()), len(alerts.bodies)
+    t0 = time.monotonic()
+    d.fault("cuda_fatal")
+    r = d.speech()
+    assert r.status_code == 503, r.text
+    d.fault("")  # the fault was transient: a new process would be fine
+    d.sd.wait_for(lambda: d.healthz()[0] == 503 or d.main_pid() == 0, 20, what="the service to call itself failed")
+    rc, report, _ = d.watchdog_check()
+    incidents = new_incidents(d, before)
+    assert incidents, report
+    inc = incidents[-1]
+    assert "cuda_fatal" in inc["signatures"] and inc["runbook"] == "cuda-fatal", inc
+    assert inc["outcome"] == "recovered", inc
+    assert any(s["action"] == "smoke_test" and s["status"] == "ok" for s in inc["steps"]), inc["steps"]
+    d.wait_healthy(60)
+    d.smoke()
+    record_recovery("cuda_fatal (watchdog runbook cuda-fatal)", inc["time_to_recover_s"] or time.monotonic() - t0,
+                    "restart + smoke test by the watchdog")
+    d.sd.wait_for(lambda: len(alerts.bodies) > sent, 15, what="an alert at the local endpoint")
+    assert any("cuda_fatal" in t for t in alerts.texts()[sent:])
+
+
+def test_port_held_by_a_foreign_process_is_reported_not_killed(deployed):
+    d = deployed
+    healthy_again(d)
+    before = len(d.incidents())
+    d.sd.systemctl("stop", "glmtts.service")
+    squatter = subprocess.Popen(
+        ["python3", "-c", "import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+                          "s.bind(('127.0.0.1', %d)); s.listen(); time.sleep(600)" % d.port],
+        stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as c:
+                if c.connect_ex(("127.0.0.1", d.port)) == 0:
+                    break
+            time.sleep(0.1)
+        d.sd.systemctl("reset-failed", "glmtts.service", check=False)
+        d.sd.systemctl("start", "glmtts.service", check=False, timeout=60)
+        d.sd.wait_for(lambda: d.unit()["ActiveState"] == "failed", 60, what="glmtts to fail")
+        err = d.log_text("error.log")
+        assert "port %d on 127.0.0.1 is already in use" % d.port in err
+        assert d.unit()["ExecMainStatus"] == "4"
+
+        rc, report, _ = d.watchdog_check()
+        assert squatter.poll() is None, "the watchdog killed a process that is not ours"
+        inc = new_incidents(d, before)[-1]
+        assert "port_in_use" in inc["signatures"], inc
+        assert inc["outcome"] in ("escalated", "failed"), inc
+        assert "python3" in report or "pid %d" % squatter.pid in report or str(squatter.pid) in str(inc), report
+    finally:
+        squatter.kill()
+        squatter.wait(10)
+    d.sd.run(["glmtts-watchdog", "resume"], check=False)
+    healthy_again(d)
+    d.smoke()
+
+
+def test_crash_loop_hits_the_start_limit_and_is_escalated_once(deployed, alerts):
+    d = deployed
+    healthy_again(d)
+    before, sent = len(d.incidents()), len(alerts.bodies)
+    d.write("/etc/glmtts/glmtts.env", "GLMTTS_TEST_FAULT_FILE=/var/lib/glmtts/fault\n"
+                                      "GLMTTS_ENGINE_NAME=tests.plugins.faults:BrokenEngine\n", 0o640)
+    try:
+        d.sd.systemctl("restart", "glmtts.service", check=False, timeout=120)
+        d.sd.wait_for(lambda: d.sd.show("glmtts.service", "Result")["Result"] == "start-limit-hit", 120,
+                      what="the start limit")
+        assert d.unit()["ActiveState"] == "failed"
+        rc, report, _ = d.watchdog_check()
+        incidents = new_incidents(d, before)
+        assert incidents, report
+        inc = incidents[-1]
+        assert "crash_loop" in inc["signatures"] and inc["outcome"] == "escalated", inc
+        d.sd.wait_for(lambda: len(alerts.bodies) > sent, 15, what="the escalation alert")
+        text = "\n".join(alerts.texts()[sent:])
+        assert "weights file ckpt/missing.safetensors not found" in text, text
+        # a second cycle: escalated means hands off: no restart, no second page
+        sent2, restarts = len(alerts.bodies), d.unit()["NRestarts"]
+        d.watchdog_check()
+        assert d.unit()["ActiveState"] == "failed" and d.unit()["NRestarts"] == restarts
+        time.sleep(1)
+        assert not any("escalated" in t for t in alerts.texts()[sent2:])
+    finally:
+        d.write("/etc/glmtts/glmtts.env", "GLMTTS_TEST_FAULT_FILE=/var/lib/glmtts/fault\n", 0o640)
+        d.sd.run(["/work/main/.venv/bin/glmtts-watchdog", "resume"], check=False)
+    healthy_again(d)
+    d.smoke()
