@@ -8,6 +8,7 @@ config), 3 engine load failure, 4 port in use.
 
 import argparse
 import errno
+import faulthandler
 import logging
 import os
 import socket
@@ -49,6 +50,9 @@ def serve(config_path=None):
     from . import logs
 
     logs.setup()
+    # A segfault in native code (CUDA, espeak) leaves "Fatal Python error: Segmentation
+    # fault" and the Python stack on stderr: the watchdog's segfault signature and a clue.
+    faulthandler.enable(file=sys.stderr)
     reopener = logs.LogReopener()
     reopener.install()
     try:

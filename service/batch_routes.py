@@ -14,6 +14,7 @@ import threading
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import Counter, Gauge
 
 from glmtts.batch import states
 from glmtts.batch.archive import iter_zip
@@ -83,11 +84,27 @@ class BatchService:
         self.wake = threading.Event()
         self.current = None
         self._thread = None
+        self._counted = (0, 0)
+        r = runtime.metrics.registry
+        self.tasks_total = Counter("glmtts_batch_tasks_total", "Batch tasks finished by this process, by outcome.",
+                                   ["outcome"], registry=r)
+        pending = Gauge("glmtts_batch_pending_tasks", "Unfinished tasks of the batch job running now.", registry=r)
+        pending.set_function(lambda: self._pending)
+        paused = Gauge("glmtts_batch_paused", "1 while the running batch job waits for disk space.", registry=r)
+        paused.set_function(lambda: 1 if self.current is not None and self.current.status == states.PAUSED else 0)
+        self._pending = 0
+
+    def _progress(self, job, progress):
+        done, failed = len(progress.done), len(progress.failed)
+        self.tasks_total.labels("done").inc(max(0, done - self._counted[0]))
+        self.tasks_total.labels("failed").inc(max(0, failed - self._counted[1]))
+        self._counted = (done, failed)
+        self._pending = progress.pending
 
     def start(self, _runtime=None):
         """Start the runner thread (after the warm-up): resumes unfinished jobs."""
         if self._thread is None:
-            pending = self.store.resumable()
+            pending = self.store.resumable("service")
             if pending:
                 log.info("batch: %d unfinished job(s) to resume: %s", len(pending), ", ".join(j.id for j in pending))
             self._thread = threading.Thread(target=self._loop, name="glmtts-batch", daemon=True)
@@ -99,25 +116,30 @@ class BatchService:
 
     def _loop(self):
         while not self.stop.is_set():
-            job = next((j for j in self.store.resumable() if not j.locked_by_other()), None)
+            job = next((j for j in self.store.resumable("service") if not j.locked_by_other()), None)
             if job is None:
                 self.wake.wait(IDLE_POLL_S)
                 self.wake.clear()
                 continue
             self.current = job
+            progress = job.progress()
+            self._counted = (len(progress.done), len(progress.failed))
+            self._pending = progress.pending
             try:
-                Runner(job, WorkerSynthesizer(self.runtime.worker, self.stop), self.settings, stop=self.stop).run()
+                Runner(job, WorkerSynthesizer(self.runtime.worker, self.stop), self.settings, stop=self.stop,
+                       on_progress=self._progress).run()
             except Exception as e:  # keep serving other jobs; this one stays resumable
                 log.error("batch %s: runner stopped: %s: %s", job.id, type(e).__name__, e)
                 self.stop.wait(10.0)
             finally:
                 self.current = None
+                self._pending = 0
 
     def submit(self, data, name, skip_invalid):
         report = validate_bytes(data, self.settings, name=name)
         if not report.ok and (not skip_invalid or not report.tasks):
             return None, report
-        job = self.store.create(data, report, source=name, skip_invalid=skip_invalid)
+        job = self.store.create(data, report, source=name, skip_invalid=skip_invalid, origin="service")
         self.wake.set()
         return job, report
 

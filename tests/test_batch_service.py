@@ -119,6 +119,9 @@ def test_interactive_requests_are_served_while_a_batch_runs_and_failures_do_not_
         assert final["progress"]["done"] == 79 and final["progress"]["failed"] == 1
         assert final["failures"][0]["line"] == 6 and "not found" in final["failures"][0]["reason"]
         assert svc.get("/healthz").status_code == 200
+        metrics = svc.get("/metrics").text
+        assert 'glmtts_batch_tasks_total{outcome="done"} 79.0' in metrics
+        assert 'glmtts_batch_tasks_total{outcome="failed"} 1.0' in metrics
     finally:
         svc.stop()
 

@@ -381,7 +381,6 @@ def test_sighup_reopens_log_files_after_rename_and_loses_nothing(svc):
         time.sleep(0.05)
     for rid in after_ids:
         assert svc.get("/healthz", headers={"X-Request-ID": rid}).status_code == 200
-    speech(svc, input="")  # something for stderr? (a 400 is not an error line) -> use a warning source:
     assert os.path.exists(svc.stdout_path) and os.path.exists(svc.stderr_path)
     old = open(svc.stdout_path + ".1").read()
     new = open(svc.stdout_path).read()

@@ -175,7 +175,7 @@ def settings_for(tmp_path, url="http://127.0.0.1:9", **overrides):
     return s.replace(**base)
 
 
-class TestHost(Host):
+class ClockedHost(Host):
     """The real Host with an injected clock (and optional fake NVML / euid for GPU tests)."""
 
     def __init__(self, clock=None, gpus=None, euid=None, nvidia_smi="nvidia-smi"):

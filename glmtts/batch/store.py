@@ -263,9 +263,11 @@ class JobStore:
             raise NotFoundError("no batch job %r (job ids look like 20250101-120000-a1b2c3)" % (job_id,))
         return os.path.join(self.root, job_id)
 
-    def create(self, data, report, *, source="", out_dir=None, skip_invalid=False, now=None):
+    def create(self, data, report, *, source="", out_dir=None, skip_invalid=False, origin="cli", now=None):
         """Persist a validated job and return it (status queued). The job directory is
-        built under a temporary name and renamed, so a crash never leaves half a job."""
+        built under a temporary name and renamed, so a crash never leaves half a job.
+        ``origin`` says who resumes it: "service" jobs resume at service start, "cli"
+        jobs when `glmtts batch run` is run again (Ctrl-C means stop, not hand over)."""
         if not report.ok and not skip_invalid:
             raise InputError("the batch file has %d error(s); fix them or skip the invalid lines"
                              % len(report.errors))
@@ -291,7 +293,7 @@ class JobStore:
                      "created_at": now, "updated_at": now, "started_at": None, "finished_at": None,
                      "input_sha256": digest, "tasks": len(report.tasks),
                      "skipped_lines": report.invalid_lines, "out_dir": out_dir, "managed_out": managed,
-                     "engine": self.settings.engine.name, "estimate": report.estimate}
+                     "engine": self.settings.engine.name, "estimate": report.estimate, "origin": origin}
             job = BatchJob(tmp, state)
             job.save()
             os.makedirs(out_dir, exist_ok=True)
@@ -337,14 +339,17 @@ class JobStore:
         jobs.sort(key=lambda j: (j.state.get("created_at") or 0, j.id))
         return jobs
 
-    def resumable(self):
-        return [j for j in self.list() if j.status in states.RESUMABLE]
+    def resumable(self, origin=None):
+        return [j for j in self.list() if j.status in states.RESUMABLE
+                and (origin is None or j.state.get("origin", "cli") == origin)]
 
     def find_latest(self, input_sha256, out_dir, *, unfinished_only=False):
         """The newest job of this input and output directory: what `glmtts batch run
         FILE --out DIR` resumes (or reports as already done)."""
         out_dir = os.path.abspath(out_dir) if out_dir else None
         for job in reversed(self.resumable() if unfinished_only else self.list()):
+            if job.state.get("origin", "cli") != "cli":
+                continue  # the service's jobs are resumed by the service
             if job.state.get("input_sha256") == input_sha256 and (out_dir is None or job.out_dir == out_dir):
                 return job
         return None

@@ -101,7 +101,8 @@ class Alerter:
         if not self.spool_dir:
             return
         os.makedirs(self.spool_dir, exist_ok=True)
-        name = "%013.3f-%s.json" % (item["first_at"], hashlib.sha1(item["key"].encode()).hexdigest()[:10])
+        # Named by the real time of spooling so the spool replays in order.
+        name = "%020d-%s.json" % (time.time_ns(), hashlib.sha1(item["key"].encode()).hexdigest()[:10])
         atomic_write(os.path.join(self.spool_dir, name), json.dumps(item, ensure_ascii=False).encode("utf-8"))
         files = self.spooled()
         for old in files[:-MAX_SPOOL]:

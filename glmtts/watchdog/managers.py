@@ -173,9 +173,21 @@ class SupervisorManager(NoManager):
         return cp
 
     def _path(self, value):
+        """A log path from the conf, with supervisord's %(here)s and %(ENV_X)s expanded."""
         if not value or value in ("NONE", "AUTO", "syslog") or value.startswith("/dev/"):
             return None
-        return os.path.join(os.path.dirname(os.path.abspath(self.conf)), value.replace("%(here)s", os.path.dirname(os.path.abspath(self.conf))))
+        here = os.path.dirname(os.path.abspath(self.conf))
+        missing = []
+
+        def env(m):
+            if m.group(1) not in os.environ:
+                missing.append(m.group(1))
+            return os.environ.get(m.group(1), "")
+        value = re.sub(r"%\(ENV_(\w+)\)s", env, value.replace("%(here)s", here))
+        if missing:
+            log.warning("%s: cannot resolve %s without environment %s", self.conf, value, ", ".join(missing))
+            return None
+        return os.path.join(here, value)
 
     def manager_logs(self):
         """supervisord's own log: it says `exited: X (terminated by SIGSEGV; not expected)`."""

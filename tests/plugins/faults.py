@@ -14,8 +14,9 @@ was at start-up. Words:
   slow_chunk:SECONDS  sleep that long before each sentence chunk (streaming tests)
   (empty / no file)  plain espeak
 
-The start-up warm-up synthesis (text == engine.warmup_text) never faults, so a service
-started with a fault becomes ready first and faults on its first real request.
+The service's start-up warm-up (the first synthesis after load(), when its text is
+engine.warmup_text) never faults, so a service started with a fault becomes ready first
+and faults on its first real request (whatever its text).
 
 ``SlowLoadEngine``: load() sleeps $GLMTTS_TEST_LOAD_DELAY_S (default 5) first.
 ``BrokenEngine``: load() raises EngineLoadError (weights file missing).
@@ -115,12 +116,17 @@ class FaultEngine(Engine):
     def load(self):
         self.inner.load()
         self.loaded = True
+        self._warmup_pending = True
+
+    def _is_warmup(self, request):
+        pending, self._warmup_pending = getattr(self, "_warmup_pending", False), False
+        return pending and request.text == self.settings.engine.warmup_text
 
     def prepare_prompt(self, audio, sample_rate, prompt_text):
         return self.inner.prepare_prompt(audio, sample_rate, prompt_text)
 
     def synthesize_stream(self, request):
-        word = "" if request.text == self.settings.engine.warmup_text else read_fault(self.start_word)
+        word = "" if self._is_warmup(request) else read_fault(self.start_word)
         if word.startswith("slow_chunk:"):
             delay = float(word.split(":", 1)[1])
             for part in self.inner.synthesize_stream(request):

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Watchdog benchmarks (prints figures; nothing here asserts on speed).
+
+1. Log scanning: a generated log of --log-mb (default 1024 MB) in a temp dir, then
+   --cycles cycles that each append --append-mb (default 1 MB) of realistic lines and
+   scan. The incremental scanner (what the watchdog does) is compared with re-reading
+   the whole file every cycle: wall time and CPU per cycle, and their ratio.
+2. Time to recover per fault kind under a real supervisord (kill -9, SIGSTOP,
+   CUDA OOM + wedge, segfault), reusing the integration test's rig. --skip-recovery
+   skips it.
+
+    .venv/bin/python bench/watchdog.py [--log-mb 1024] [--append-mb 1] [--cycles 5]
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from glmtts.watchdog.scanner import LogScanner  # noqa: E402
+
+LINES = (
+    "2025-01-01T03:12:44.101Z 127.0.0.1 POST /v1/audio/speech 200 111182 412.3ms rid=01c47a75f3540010\n"
+    "2025-01-01T03:12:44.301Z INFO service.worker: synthesis done in 0.41 s (24000 Hz, 2.3 s audio)\n"
+    "2025-01-01T03:12:44.501Z WARNING service.limits: client 10.0.0.7 over its rate limit (429)\n"
+)
+
+
+def block(mb):
+    unit = LINES * 64
+    n = (mb << 20) // len(unit)
+    return (unit * max(1, n)).encode()
+
+
+def measure(fn):
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def bench_scan(log_mb, append_mb, cycles):
+    d = tempfile.mkdtemp(prefix="glmtts-bench-")
+    path = os.path.join(d, "error.log")
+    try:
+        chunk = block(1)
+        with open(path, "wb") as f:
+            for _ in range(log_mb):
+                f.write(chunk)
+        add = block(append_mb) + b"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+        sc = LogScanner()
+        pos = sc.scan(path, None).position   # first sight: only the tail
+        inc, full = [], []
+        for _ in range(cycles):
+            with open(path, "ab") as f:
+                f.write(add)
+            box = {}
+
+            def incremental():
+                box["r"] = sc.scan(path, box.get("pos", pos))
+            inc.append(measure(incremental))
+            pos = box["r"].position
+            assert box["r"].counts.get("cuda_oom") == 1
+        for _ in range(min(2, cycles)):
+            whole = LogScanner(first_sight_tail=1 << 62)
+            full.append(measure(lambda: whole.scan(path, None)))
+        iw = sum(w for w, _ in inc) / len(inc)
+        ic = sum(c for _, c in inc) / len(inc)
+        fw = sum(w for w, _ in full) / len(full)
+        fc = sum(c for _, c in full) / len(full)
+        size = os.path.getsize(path) / 2**20
+        print("log scanning: %.0f MB log, %d MB appended per cycle, %d cycles" % (size, append_mb, cycles))
+        print("  %-28s %10s %10s" % ("", "wall/cycle", "cpu/cycle"))
+        print("  %-28s %9.3fs %9.3fs" % ("incremental (watchdog)", iw, ic))
+        print("  %-28s %9.3fs %9.3fs" % ("re-read whole file", fw, fc))
+        print("  ratio (re-read / incremental): wall %.0fx, cpu %.0fx" % (fw / max(iw, 1e-9), fc / max(ic, 1e-9)))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def bench_recovery():
+    import signal
+    import threading  # noqa: F401
+    import requests
+
+    from tests.test_watchdog_fakes import AlertReceiver
+    from tests.test_watchdog_supervisord import Rig, last_incident, main_pid
+
+    root = tempfile.mkdtemp(prefix="glmtts-bench-sv-")
+    rig = Rig(root)
+    rows = []
+    try:
+        with AlertReceiver() as rx:
+            rig.wait_healthy()
+            rig.wd = rig.watchdog(rx.port)
+            rig.wd.check()
+
+            def kill9():
+                os.kill(main_pid(rig), signal.SIGKILL)
+                rig.wait_for("log/supervisord.log", "terminated by SIGKILL")
+
+            def sigstop():
+                os.kill(main_pid(rig), signal.SIGSTOP)
+
+            def oom_wedge():
+                rig.set_fault("oom_wedge")
+                rig.request_in_background()
+                rig.wait_for("log/error.log", "torch.OutOfMemoryError")
+                deadline = time.monotonic() + 30
+                while requests.get(rig.url + "/healthz", timeout=5).status_code == 200 and time.monotonic() < deadline:
+                    time.sleep(0.3)
+                rig.set_fault("")
+
+            def segfault():
+                rig.set_fault("segfault")
+                rig.request_in_background()
+                rig.wait_for("log/supervisord.log", "terminated by SIGSEGV")
+                rig.set_fault("")
+
+            for name, fault in (("kill -9", kill9), ("SIGSTOP (hang)", sigstop), ("CUDA OOM + wedge", oom_wedge), ("segfault", segfault)):
+                fault()
+                t0 = time.monotonic()
+                rep = rig.wd.check()
+                inc = last_incident(rig)
+                rows.append((name, "+".join(inc["signatures"]), inc["runbook"], inc["outcome"], inc["time_to_recover_s"],
+                             time.monotonic() - t0))
+                if "SIGSTOP" in name:
+                    pass
+                print("  ran %s: %s" % (name, rep.summary()), file=sys.stderr)
+    finally:
+        rig.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    print("time to recover under supervisord (fault evidence -> smoke test passed):")
+    print("  %-18s %-32s %-13s %-10s %8s %8s" % ("fault", "signatures", "runbook", "outcome", "ttr", "cycle"))
+    for r in rows:
+        print("  %-18s %-32s %-13s %-10s %7.1fs %7.1fs" % (r[0], r[1], r[2], r[3], r[4] or float("nan"), r[5]))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--log-mb", type=int, default=1024)
+    p.add_argument("--append-mb", type=int, default=1)
+    p.add_argument("--cycles", type=int, default=5)
+    p.add_argument("--skip-recovery", action="store_true")
+    p.add_argument("--skip-scan", action="store_true")
+    a = p.parse_args()
+    if not a.skip_scan:
+        bench_scan(a.log_mb, a.append_mb, a.cycles)
+    if not a.skip_recovery:
+        bench_recovery()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""The watchdog against the real service under a real supervisord (its own temp conf and
+socket): kill -9, SIGSTOP (a hang), a genuine CUDA OOM traceback followed by a wedged
+worker, and a real SIGSEGV. Each must be detected, handled by the right runbook,
+recovered, proven by a smoke synthesis, recorded with its time to recover, and alerted."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+
+from glmtts.watchdog.cycle import EXIT_OK, Watchdog
+from glmtts.watchdog.host import Host
+from glmtts.watchdog.incidents import IncidentLog
+from glmtts.watchdog.managers import SupervisorManager
+from tests.support.service import FAULT_ENGINE, REPO, free_port
+from tests.test_watchdog_fakes import AlertReceiver, settings_for
+
+pytestmark = pytest.mark.integration
+
+CONF = """
+[supervisord]
+nodaemon=true
+logfile={root}/log/supervisord.log
+pidfile={root}/supervisord.pid
+childlogdir={root}/log
+
+[unix_http_server]
+file={root}/supervisor.sock
+chmod=0700
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{root}/supervisor.sock
+
+[program:glmtts]
+command={python} -m service
+directory={repo}
+autostart=true
+autorestart=true
+startsecs=1
+startretries=3
+stopsignal=TERM
+stopwaitsecs=10
+stopasgroup=true
+killasgroup=true
+stdout_logfile={root}/log/access.log
+stdout_logfile_maxbytes=0
+stderr_logfile={root}/log/error.log
+stderr_logfile_maxbytes=0
+"""
+
+
+class Rig:
+    def __init__(self, root):
+        self.root = root
+        self.port = free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.fault = os.path.join(root, "fault")
+        self.conf = os.path.join(root, "supervisord.conf")
+        for d in ("log", "state", "outputs", "prompts"):
+            os.makedirs(os.path.join(root, d), exist_ok=True)
+        with open(self.conf, "w") as f:
+            f.write(CONF.format(root=root, python=sys.executable, repo=REPO))
+        open(self.fault, "w").close()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GLMTTS_")}
+        env.update({
+            "GLMTTS_CONFIG": "", "GLMTTS_SERVER_PORT": str(self.port), "GLMTTS_SERVER_UI": "false",
+            "GLMTTS_ENGINE_NAME": FAULT_ENGINE, "GLMTTS_TEST_FAULT_FILE": self.fault,
+            "GLMTTS_LIMITS_RATE_LIMIT_PER_MINUTE": "0", "GLMTTS_LIMITS_WORKER_STALL_S": "2",
+            "GLMTTS_PATHS_STATE_DIR": os.path.join(root, "svc-state"), "GLMTTS_PATHS_LOG_DIR": os.path.join(root, "log"),
+            "GLMTTS_PATHS_OUTPUT_DIR": os.path.join(root, "outputs"), "GLMTTS_PATHS_PROMPT_ROOT": os.path.join(root, "prompts"),
+            "PYTHONPATH": REPO, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+        })
+        self.supervisord = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", self.conf],
+                                            env=env, cwd=root, stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def watchdog(self, rx_port):
+        from pathlib import Path
+        s = settings_for(Path(self.root), url=self.url, watchdog__manager="supervisor", watchdog__supervisor_conf=self.conf,
+                         watchdog__probe_retries=2, watchdog__probe_retry_interval_s=0.5, watchdog__probe_timeout_s=2.0,
+                         watchdog__ready_timeout_s=60.0, watchdog__smoke_timeout_s=30.0,
+                         alerts__urls=["json://127.0.0.1:%d/alerts" % rx_port], alerts__timeout_s=5.0)
+        host = Host()
+        return Watchdog(s, host=host, manager=SupervisorManager(host, self.conf))
+
+    def wait_healthy(self, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("service not healthy under supervisord; error.log:\n" + self.read("log/error.log")[-3000:])
+
+    def read(self, rel):
+        try:
+            with open(os.path.join(self.root, rel), errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def wait_for(self, rel, text, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.read(rel):
+                return
+            time.sleep(0.2)
+        raise AssertionError("%r never appeared in %s" % (text, rel))
+
+    def set_fault(self, word):
+        with open(self.fault, "w") as f:
+            f.write(word)
+
+    def request_in_background(self):
+        def go():
+            try:
+                requests.post(self.url + "/v1/audio/speech", json={"input": "今天天气很好。"}, timeout=15)
+            except requests.RequestException:
+                pass
+        t = threading.Thread(target=go, daemon=True)
+        t.start()
+        return t
+
+    def stop(self):
+        ctl = [sys.executable, "-m", "supervisor.supervisorctl", "-c", self.conf, "shutdown"]
+        subprocess.run(ctl, capture_output=True, timeout=60)
+        try:
+            self.supervisord.wait(30)
+        except subprocess.TimeoutExpired:
+            self.supervisord.kill()  # the supervisord we started, by PID
+            self.supervisord.wait(10)
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("supervised"))
+    r = Rig(root)
+    rx = AlertReceiver().__enter__()
+    try:
+        r.wait_healthy()
+        r.wd = r.watchdog(rx.port)
+        r.rx = rx
+        rep = r.wd.check()
+        assert rep.code == EXIT_OK, rep.summary()
+        yield r
+    finally:
+        r.stop()
+        rx.__exit__(None, None, None)
+
+
+def last_incident(r):
+    return IncidentLog(os.path.join(r.root, "state", "incidents.jsonl")).read(last=1)[0]
+
+
+def assert_recovered(r, rep, runbook, signature):
+    inc = last_incident(r)
+    assert inc["outcome"] == "recovered", rep.summary() + "\n" + str(inc["steps"])
+    assert inc["runbook"] == runbook and signature in inc["signatures"], inc["signatures"]
+    smoke = [s for s in inc["steps"] if s["action"] == "smoke_test"][-1]
+    assert smoke["status"] == "ok" and smoke["data"]["duration_s"] > 0.2
+    assert inc["time_to_recover_s"] and 0 < inc["time_to_recover_s"] < 300
+    assert any(signature in l["line"] or signature in l["signature"] for l in inc["evidence"])
+    titles = [m["title"] for m in r.rx.received]
+    assert any("recovered" in t and signature in t for t in titles), titles
+    assert requests.get(r.url + "/healthz", timeout=5).status_code == 200
+    return inc
+
+
+def main_pid(r):
+    return r.wd.manager.status("glmtts").main_pid
+
+
+def test_kill_9_is_detected_and_recovered(rig):
+    pid = main_pid(rig)
+    os.kill(pid, signal.SIGKILL)
+    rig.wait_for("log/supervisord.log", "terminated by SIGKILL")
+    rep = rig.wd.check()
+    inc = assert_recovered(rig, rep, "service-down", "unexpected_exit")
+    assert main_pid(rig) != pid
+
+
+def test_sigstop_hang_is_detected_and_recovered(rig):
+    pid = main_pid(rig)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        rep = rig.wd.check()
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)  # whatever happened, leave no stopped process behind
+        except ProcessLookupError:
+            pass
+    inc = assert_recovered(rig, rep, "service-down", "unhealthy")
+    killed = [s for s in inc["steps"] if s["action"] == "kill_unit_processes"][0]
+    assert killed["status"] == "ok" and pid in killed["data"]["pids"]
+    assert main_pid(rig) != pid
+
+
+def test_cuda_oom_then_wedge_is_detected_and_recovered(rig):
+    rig.set_fault("oom_wedge")
+    rig.request_in_background()
+    rig.wait_for("log/error.log", "torch.OutOfMemoryError: CUDA out of memory")
+    deadline = time.monotonic() + 30
+    while requests.get(rig.url + "/healthz", timeout=5).status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    rig.set_fault("")
+    rep = rig.wd.check()
+    inc = assert_recovered(rig, rep, "cuda-oom", "cuda_oom")
+    assert "unhealthy" in inc["signatures"]
+
+
+def test_segfault_is_detected_and_recovered(rig):
+    pid = main_pid(rig)
+    rig.set_fault("segfault")
+    rig.request_in_background()
+    rig.wait_for("log/supervisord.log", "terminated by SIGSEGV")
+    rig.set_fault("")
+    rep = rig.wd.check()
+    assert_recovered(rig, rep, "segfault", "segfault")
+    assert main_pid(rig) != pid
+
+
+def test_quiet_cycle_after_recoveries_is_ok(rig):
+    rep = rig.wd.check()
+    assert rep.code == EXIT_OK, rep.summary()
