@@ -84,7 +84,7 @@ def bench_scan(log_mb, append_mb, cycles):
 
 def bench_recovery():
     import signal
-    import threading  # noqa: F401
+
     import requests
 
     from tests.test_watchdog_fakes import AlertReceiver
@@ -128,8 +128,6 @@ def bench_recovery():
                 inc = last_incident(rig)
                 rows.append((name, "+".join(inc["signatures"]), inc["runbook"], inc["outcome"], inc["time_to_recover_s"],
                              time.monotonic() - t0))
-                if "SIGSTOP" in name:
-                    pass
                 print("  ran %s: %s" % (name, rep.summary()), file=sys.stderr)
     finally:
         rig.stop()

@@ -41,7 +41,9 @@ def test_batch_tab_uploads_validates_shows_progress_and_offers_the_zip(tmp_path)
             def upload(path):
                 field = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#batch-file input[type=file]"))
                 field.send_keys(str(path))
-                wait.until(lambda d: os.path.basename(str(path)) in d.find_element(By.ID, "batch-file").text)
+                # Gradio may split the name over two elements ("good" / ".jsonl")
+                wait.until(lambda d: os.path.basename(str(path)) in d.find_element(By.ID, "batch-file").text.replace(
+                    "\n", ""))
                 driver.find_element(By.ID, "batch-submit").click()
 
             upload(bad)
@@ -49,8 +51,8 @@ def test_batch_tab_uploads_validates_shows_progress_and_offers_the_zip(tmp_path)
             report = driver.find_element(By.ID, "batch-report").text
             assert "line 3: error: not valid JSON" in report and "2 of 3 lines valid" in report
 
-            driver.find_element(By.CSS_SELECTOR, "#batch-file button[aria-label*='Clear'], "
-                                                 "#batch-file button[aria-label*='clear']").click()
+            driver.refresh()  # a fresh page: a new, empty upload field
+            wait.until(EC.element_to_be_clickable((By.XPATH, "//button[@role='tab' and contains(., 'Batch')]"))).click()
             upload(good)
             wait.until(lambda d: "Started job" in d.find_element(By.ID, "batch-report").text)
             wait.until(lambda d: "6/6 finished" in d.find_element(By.ID, "batch-progress").text)

@@ -2,7 +2,6 @@
 and a FAKE NVML (the Host's gpus() seam): this machine has no GPU. On a GPU host the
 same code runs the real nvidia-smi and pynvml."""
 
-import os
 import stat
 
 import pytest

@@ -44,8 +44,8 @@ command={python} -m service
 directory={repo}
 autostart=true
 autorestart=true
-startsecs=1
-startretries=3
+startsecs={startsecs}
+startretries=2
 stopsignal=TERM
 stopwaitsecs=10
 stopasgroup=true
@@ -58,7 +58,7 @@ stderr_logfile_maxbytes=0
 
 
 class Rig:
-    def __init__(self, root):
+    def __init__(self, root, engine=FAULT_ENGINE, startsecs=1):
         self.root = root
         self.port = free_port()
         self.url = "http://127.0.0.1:%d" % self.port
@@ -67,12 +67,12 @@ class Rig:
         for d in ("log", "state", "outputs", "prompts"):
             os.makedirs(os.path.join(root, d), exist_ok=True)
         with open(self.conf, "w") as f:
-            f.write(CONF.format(root=root, python=sys.executable, repo=REPO))
+            f.write(CONF.format(root=root, python=sys.executable, repo=REPO, startsecs=startsecs))
         open(self.fault, "w").close()
         env = {k: v for k, v in os.environ.items() if not k.startswith("GLMTTS_")}
         env.update({
             "GLMTTS_CONFIG": "", "GLMTTS_SERVER_PORT": str(self.port), "GLMTTS_SERVER_UI": "false",
-            "GLMTTS_ENGINE_NAME": FAULT_ENGINE, "GLMTTS_TEST_FAULT_FILE": self.fault,
+            "GLMTTS_ENGINE_NAME": engine, "GLMTTS_TEST_FAULT_FILE": self.fault,
             "GLMTTS_LIMITS_RATE_LIMIT_PER_MINUTE": "0", "GLMTTS_LIMITS_WORKER_STALL_S": "2",
             "GLMTTS_PATHS_STATE_DIR": os.path.join(root, "svc-state"), "GLMTTS_PATHS_LOG_DIR": os.path.join(root, "log"),
             "GLMTTS_PATHS_OUTPUT_DIR": os.path.join(root, "outputs"), "GLMTTS_PATHS_PROMPT_ROOT": os.path.join(root, "prompts"),
@@ -185,7 +185,7 @@ def test_kill_9_is_detected_and_recovered(rig):
     os.kill(pid, signal.SIGKILL)
     rig.wait_for("log/supervisord.log", "terminated by SIGKILL")
     rep = rig.wd.check()
-    inc = assert_recovered(rig, rep, "service-down", "unexpected_exit")
+    assert_recovered(rig, rep, "service-down", "unexpected_exit")
     assert main_pid(rig) != pid
 
 
@@ -232,3 +232,26 @@ def test_segfault_is_detected_and_recovered(rig):
 def test_quiet_cycle_after_recoveries_is_ok(rig):
     rep = rig.wd.check()
     assert rep.code == EXIT_OK, rep.summary()
+
+
+def test_crash_loop_escalates_once_with_the_engines_error_line(tmp_path):
+    """An engine that cannot load: supervisord gives up (FATAL); the watchdog escalates
+    once, with the engine's own error line in the alert, and then takes no action."""
+    # startsecs longer than the failing load, so supervisord counts each try as a failed start
+    r = Rig(str(tmp_path), engine="tests.plugins.faults:BrokenEngine", startsecs=8)
+    try:
+        with AlertReceiver() as rx:
+            r.wait_for("log/supervisord.log", "entered FATAL state", timeout=60)
+            wd = r.watchdog(rx.port)
+            rep = wd.check()
+            assert rep.code == 2 and "crash_loop" in rep.summary() and "escalated" in rep.summary()
+            inc = last_incident(r)
+            assert inc["outcome"] == "escalated" and inc["runbook"] == "crash-loop"
+            [alert] = [m for m in rx.received if "escalated" in m["title"]]
+            assert "weights file ckpt/missing.safetensors not found" in alert["message"]
+            rep = wd.check()  # no further action: nothing restarted, no second page
+            assert "waiting for `glmtts-watchdog resume`" in rep.summary()
+            assert len([m for m in rx.received if "escalated" in m["title"]]) == 1
+            assert wd.manager.status("glmtts").state == "crash_loop"
+    finally:
+        r.stop()

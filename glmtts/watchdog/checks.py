@@ -6,7 +6,7 @@ import logging
 import os
 import re
 
-from .scanner import Evidence, ScanResult, _Reader
+from .scanner import Evidence
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +50,6 @@ def disk_evidence(settings, host):
             out.append(Evidence("enospc", "disk", "disk: %s has %.0f MB free of %.0f MB (< watchdog.disk_free_floor_mb %d)"
                                 % (d, free / 2**20, total / 2**20, floor)))
     return out
-
-
-def classify_lines(lines, label):
-    """Evidence from lines that are not in a file (journalctl output)."""
-    res = ScanResult(label, {})
-    r = _Reader(res, 8192)
-    for line in lines:
-        r.line(line, label)
-    return res.evidence
 
 
 def mentions(unit, line):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from . import checks, incidents, signatures
 from .actions import Context
 from .alerts import Alerter
-from .executor import execute, incident_xids
+from .executor import execute
 from .host import Host
 from .instances import configured
 from .lock import CycleLock
@@ -17,7 +17,7 @@ from .managers import detect
 from .policy import ESCALATE, OK, REMEDIATE, STOPPED, SUPPRESSED, WARNING, Policy
 from .probe import LOADING, UNHEALTHY, Probe
 from .runbook import default_dir, load_all
-from .scanner import LogScanner
+from .scanner import Evidence, LogScanner, classify_lines
 from .state import WatchdogState, watchdog_dir
 from .states import IncidentState, incident_transition
 
@@ -115,7 +115,7 @@ class Watchdog:
         lines, cursor = self.manager.journal(instance.unit, inst_state.get("journal_cursor"))
         if cursor:
             inst_state["journal_cursor"] = cursor
-        return checks.classify_lines(lines, "journal:%s" % instance.unit)
+        return classify_lines(lines, "journal:%s" % instance.unit)
 
     def observe(self, state, instance, shared, first):
         status = self.manager.status(instance.unit)
@@ -133,7 +133,7 @@ class Watchdog:
         if probe.verdict == UNHEALTHY:
             inst_state["consecutive_failures"] = inst_state.get("consecutive_failures", 0) + 1
             inst_state.setdefault("first_failure_at", now - (probe.attempts - 1) * self.settings.watchdog.probe_retry_interval_s)
-            f.evidence.append(checks.Evidence("unhealthy", "probe", "%s %s (%d consecutive failed cycle(s))" % (
+            f.evidence.append(Evidence("unhealthy", "probe", "%s %s (%d consecutive failed cycle(s))" % (
                 probe.url, probe.summary(), inst_state["consecutive_failures"]), inst_state["first_failure_at"]))
         elif probe.verdict != LOADING:
             inst_state["consecutive_failures"] = 0

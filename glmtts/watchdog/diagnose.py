@@ -6,7 +6,7 @@ import json
 from . import checks, signatures
 from .actions.capture_diagnostics import snapshot
 from .actions import Context
-from .incidents import IncidentLog, incidents_path, iso
+from .incidents import IncidentLog, incidents_path
 from .policy import Policy
 from .probe import UNHEALTHY
 from .runbook import for_signature

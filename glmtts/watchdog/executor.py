@@ -74,14 +74,12 @@ def execute(runbook, ctx):
     inc = ctx.incident
     inc.runbook, inc.runbook_path, inc.escalate = runbook.id, runbook.path, runbook.escalate
     incident_transition(inc, IncidentState.REMEDIATING, "runbook %s" % runbook.id)
+    # A smoke test that fails is a failed step, so "ok" always means verified (or no
+    # smoke test in the runbook, e.g. bad-batch run by hand).
     outcome, verified = _run_steps(runbook.steps, ctx, "steps")
-    if outcome == "ok" and verified is False:
-        outcome = "failed"
     if outcome == "failed" and runbook.on_failure:
         inc.verified_at = None
         outcome, verified = _run_steps(runbook.on_failure, ctx, "on_failure")
-        if outcome == "ok" and verified is False:
-            outcome = "failed"
     if ctx.dry_run:
         incident_transition(inc, IncidentState.DRY_RUN, "dry run: nothing was changed")
     elif outcome == "escalate":

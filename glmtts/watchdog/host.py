@@ -64,9 +64,8 @@ class Host:
             p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, errors="replace")
         except FileNotFoundError:
             return Completed(list(argv), 127, "", "%s: command not found" % argv[0])
-        except subprocess.TimeoutExpired as e:
-            return Completed(list(argv), 124, (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""),
-                             "timed out after %.0f s" % timeout)
+        except subprocess.TimeoutExpired:
+            return Completed(list(argv), 124, "", "%s timed out after %.0f s" % (argv[0], timeout))
         return Completed(list(argv), p.returncode, p.stdout, p.stderr)
 
     def which(self, name):

@@ -4,12 +4,20 @@ paths.state_dir/incidents.jsonl, appended with a single write and fsync'd, so a 
 
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
 
 from . import signatures
 from .states import IncidentState
+
+
+_ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL|FATAL)\b|\b[A-Z]\w*Error\b|\bfailed\b")
+
+
+# Log levels and exception lines; not "uvicorn.error:", a logger name on every INFO line.
+_ERROR_WORDS = re.compile(r"\b(ERROR|CRITICAL|FATAL)\b|\w(Error|Exception): ")
 
 
 def iso(t):
@@ -63,11 +71,13 @@ class Incident:
         return round(max(0.0, self.verified_at - start), 3)
 
     def last_error_line(self):
+        """The line a human wants first: the last error in the service's own log tail
+        (e.g. why the engine cannot load), else the last evidence line."""
+        for line in reversed(self.diagnostics.get("error_log_tail", []) or []):
+            if _ERROR_WORDS.search(line):
+                return line
         for ev in reversed(self.evidence):
             return ev.get("line")
-        for line in reversed(self.diagnostics.get("error_log_tail", []) or []):
-            if any(w in line for w in ("Error", "error", "ERROR", "FATAL", "failed")):
-                return line
         return None
 
     def summary(self, long=False):
@@ -85,6 +95,8 @@ class Incident:
         err = self.last_error_line()
         if err:
             lines.append("last error: %s" % err[:500])
+        for ev in self.evidence[:5]:
+            lines.append("evidence [%s] %s" % (ev.get("signature"), (ev.get("line") or "")[:300]))
         if self.probe:
             lines.append("probe: %s %s %s" % (self.probe.get("verdict"), self.probe.get("http_status") or "", self.probe.get("reason") or ""))
         for st in self.steps:

@@ -193,6 +193,15 @@ def siblings(path):
     return [p for _, p in sorted(out, reverse=True)]
 
 
+def classify_lines(lines, label, max_line=8192):
+    """Evidence from lines that are not in a file (journalctl output)."""
+    res = ScanResult(label, {})
+    reader = _Reader(res, max_line)
+    for line in lines:
+        reader.line(line, label)
+    return res.evidence
+
+
 class LogScanner:
     def __init__(self, max_line=8192, first_sight_tail=FIRST_SIGHT_TAIL):
         self.max_line = max_line

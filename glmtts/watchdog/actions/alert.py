@@ -1,4 +1,4 @@
-from .base import FAILED, OK, Action, StepResult
+from .base import OK, Action, StepResult
 
 
 class Alert(Action):

@@ -18,6 +18,8 @@ class PruneOutputs(Action):
     name = "prune_outputs"
     summary = "prune finished batch jobs older than older_than_days (batch.retention_days) and re-check free disk"
     params = {"older_than_days": (float, None)}
+    mutating = False  # the batch retention has its own dry run
+
 
     def run(self, ctx, older_than_days=None):
         s = ctx.settings
@@ -28,10 +30,17 @@ class PruneOutputs(Action):
             report = None
         else:
             try:
-                report = prune(s, older_than_days=days)
+                report = prune(s, older_than_days=days, dry_run=ctx.dry_run)
             except Exception as e:
                 return StepResult(FAILED, "batch prune failed: %s" % str(e)[:300])
-            detail = "pruned outputs older than %g days: %s" % (days, report)
+            if isinstance(report, dict):
+                detail = "%s %d finished job(s) older than %g days, %.1f MB" % (
+                    "would prune" if ctx.dry_run else "pruned", len(report.get("pruned", [])), days,
+                    report.get("bytes_freed", 0) / 2**20)
+            else:
+                detail = "pruned outputs older than %g days: %s" % (days, report)
+            if ctx.dry_run:
+                return StepResult("dry_run", detail, {"report": report})
         floor = s.watchdog.disk_free_floor_mb
         low = []
         for d in sorted({s.paths.log_dir, s.paths.state_dir, s.paths.output_dir}):
@@ -47,4 +56,4 @@ class PruneOutputs(Action):
         return StepResult(OK if prune else SKIPPED, detail, data)
 
     def manual(self, ctx, **params):
-        return "glmtts batch prune --older-than-days %g" % ctx.settings.batch.retention_days
+        return "glmtts batch prune --older-than %g" % ctx.settings.batch.retention_days
