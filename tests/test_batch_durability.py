@@ -56,6 +56,7 @@ def test_kill_9_at_three_random_points_then_resume_produces_every_output_exactly
     cmd = box.glmtts("batch", "run", job, "--out", out, "--quiet")
     rng = random.Random(os.getpid())
     points = sorted(rng.sample(range(10, n - 20), 3))
+    print("kill -9 after %s finished tasks" % points)  # shown if the test fails
     killed_at = []
     for point in points:
         with open(tmp_path / "stderr.log", "ab") as err:

@@ -12,7 +12,6 @@ import time
 import zipfile
 
 import pytest
-import requests
 
 from tests.support.batch import PROMPT_TEXT, assert_speech, reference_wav
 from tests.support.service import FAULT_ENGINE, ServiceProcess

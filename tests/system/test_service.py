@@ -217,3 +217,13 @@ def test_crash_loop_hits_the_start_limit_and_is_escalated_once(deployed, alerts)
         d.sd.run(["/work/main/.venv/bin/glmtts-watchdog", "resume"], check=False)
     healthy_again(d)
     d.smoke()
+
+
+@pytest.mark.xfail(run=False, strict=False, reason=(
+    "not written yet: needs a small tmpfs over /var/lib/glmtts/outputs mounted before the "
+    "service starts, a batch job that fills it (the service writes outputs only for batches), "
+    "batch.retention_days = 0 so the disk-full runbook's prune_outputs can free it, and an "
+    "agreed request that answers 507 (today POST /v1/batches stores the job in state_dir, "
+    "which is not the full disk; the job pauses on ENOSPC instead)"))
+def test_enospc_outputs_full_answers_507_and_disk_full_runbook_prunes(deployed):
+    raise NotImplementedError
