@@ -165,6 +165,7 @@ class PrivateSystemd:
             except OSError:
                 pass
         self._made = []
+        shutil.rmtree(self.state, ignore_errors=True)  # only empty mount points and boot.log
 
     # -- inside the namespace -----------------------------------------------------------
     def run(self, cmd, check=True, timeout=120, input=None):
