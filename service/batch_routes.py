@@ -19,7 +19,7 @@ from prometheus_client import Counter, Gauge
 from glmtts.batch import states
 from glmtts.batch.archive import iter_zip
 from glmtts.batch.runner import Runner, Stopped
-from glmtts.batch.store import JobStore
+from glmtts.batch.store import JobStore, check_output_space
 from glmtts.batch.validate import validate_bytes
 from glmtts.errors import DiskFullError, GlmttsError, InputError
 
@@ -139,6 +139,7 @@ class BatchService:
         report = validate_bytes(data, self.settings, name=name)
         if not report.ok and (not skip_invalid or not report.tasks):
             return None, report
+        check_output_space(self.settings, report)  # 507 now beats a job paused on a full disk
         job = self.store.create(data, report, source=name, skip_invalid=skip_invalid, origin="service")
         self.wake.set()
         return job, report
@@ -192,7 +193,8 @@ def _disk_full(exc):
 async def submit_batch(request: Request):
     """Upload a JSONL batch file (raw body, or multipart field ``file``). Validated before
     any work: 422 with the per-line report when invalid (``?skip_invalid=true`` runs the
-    valid lines instead)."""
+    valid lines instead); 507 disk_full when the estimated outputs do not fit in
+    paths.output_dir."""
     service = _batches(request)
     data, name, skip = await _upload(request)
     try:

@@ -1,10 +1,11 @@
 """Batch jobs through the real service process: kill -9 mid-job and restart (the job
 completes by itself), interactive requests served while a batch runs, the per-line 422
-report, cancel, the zip archive, 507 when the disk is full."""
+report, cancel, the zip archive, 507 when the state disk or the outputs directory is full."""
 
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,10 @@ import zipfile
 
 import pytest
 
-from tests.support.batch import PROMPT_TEXT, assert_speech, reference_wav
+from glmtts.batch.store import check_output_space
+from glmtts.batch.validate import validate_bytes
+from glmtts.errors import DiskFullError
+from tests.support.batch import PROMPT_TEXT, Sandbox, assert_speech, reference_wav
 from tests.support.service import FAULT_ENGINE, ServiceProcess
 
 pytestmark = pytest.mark.integration
@@ -188,3 +192,69 @@ def test_submission_on_a_full_disk_answers_507(tmp_path):
         assert svc.get("/healthz").status_code == 200
     finally:
         svc.stop()
+
+
+def test_output_space_check_with_fake_free_space_figures(tmp_path):
+    box = Sandbox(tmp_path / "box")
+    settings = box.settings
+    report = validate_bytes(jsonl(3), settings)
+    assert report.ok and report.estimate["output_bytes"] > 3 * 24000  # ~1 s of 16-bit audio per clip
+    needed, free = check_output_space(settings, report, free_bytes=lambda path: 10 << 20)
+    assert report.estimate["output_bytes"] < needed < free == 10 << 20
+    asked = []
+    with pytest.raises(DiskFullError) as e:
+        check_output_space(settings, report, free_bytes=lambda path: asked.append(path) or 300 * 1024)
+    assert asked == [box.output_dir]
+    assert e.value.http_status == 507 and e.value.code == "disk_full"
+    msg = str(e.value)
+    assert "%s has 300.0 KB free, the job needs about 1." % box.output_dir in msg, msg
+    assert "`glmtts batch prune --older-than DAYS`" in msg and "runbooks/disk-full.md" in msg
+
+
+FULL_OUTPUTS = ('mount --make-rprivate / && mount -t tmpfs -o size=2m tmpfs "$O" && '
+                'head -c 1700000 /dev/zero > "$O/filler" && exec "$@"')
+
+
+def test_submission_when_the_outputs_dir_is_full_answers_507_then_runs_once_space_is_freed(tmp_path):
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        if os.environ.get("GLMTTS_TEST_REQUIRE_SYSTEMD"):
+            pytest.fail("needs root and unshare(1) to mount a private tmpfs")
+        pytest.skip("needs root and unshare(1) to mount a private tmpfs")
+    svc = new_service(tmp_path)
+    # a 2 MB tmpfs over the outputs directory, in the service's own mount namespace only
+    with open(svc.stdout_path, "ab") as out, open(svc.stderr_path, "ab") as err:
+        svc.proc = subprocess.Popen(["unshare", "--mount", "sh", "-c", FULL_OUTPUTS, "sh", sys.executable, "-m",
+                                     "service"], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    env=dict(svc.env, O=svc.output_dir), stdout=out, stderr=err,
+                                    start_new_session=True)
+    try:
+        svc.wait_healthy()
+        inside = "/proc/%d/root%s" % (svc.proc.pid, svc.output_dir)  # the tmpfs, seen from here
+        r = svc.post("/v1/batches", data=jsonl(3))
+        assert r.status_code == 507, r.text
+        err = r.json()["error"]
+        assert err["code"] == "disk_full"
+        m = re.search(r"%s has ([\d.]+ KB) free, the job needs about ([\d.]+ MB)" % re.escape(svc.output_dir),
+                      err["message"])
+        assert m, err["message"]
+        assert "glmtts batch prune" in err["message"] and "runbooks/disk-full.md" in err["message"]
+        assert os.listdir(inside) == ["filler"], "a job was started on the full disk"
+        assert svc.get("/v1/batches").json()["data"] == []
+        assert "POST /v1/batches -> 507 disk_full" in svc.stderr()
+        assert svc.get("/healthz").status_code == 200
+        speech = svc.post("/v1/audio/speech", json={"input": "Still serving.", "response_format": "wav"})
+        assert speech.status_code == 200, speech.text
+        (tmp_path / "s.wav").write_bytes(speech.content)
+        assert_speech(str(tmp_path / "s.wav"))
+
+        os.unlink(os.path.join(inside, "filler"))
+        r = svc.post("/v1/batches", data=jsonl(3))
+        assert r.status_code == 201, r.text
+        final = poll(svc, r.json()["id"], lambda s: s["state"] == "done", timeout=60)
+        assert final["progress"]["done"] == 3
+        job_out = os.path.join(inside, r.json()["id"])
+        assert sorted(os.listdir(job_out)) == ["clip_000.wav", "clip_001.wav", "clip_002.wav"]
+        assert_speech(os.path.join(job_out, "clip_001.wav"))
+    finally:
+        svc.stop()
+    assert not os.listdir(svc.output_dir), "the tmpfs leaked out of the mount namespace"

@@ -123,3 +123,11 @@ def test_cli_engines_lists_registry():
     r = run_cli("engines", env={"GLMTTS_CONFIG": ""})
     assert r.returncode == 0, r.stderr
     assert "* espeak" in r.stdout and "glmtts" in r.stdout
+
+
+def test_readme_documents_every_setting():
+    """The README's configuration table is generated from the declarations: it must
+    list every key (regenerate with `glmtts config table`)."""
+    readme = (ROOT / "README.md").read_text()
+    missing = [s.name for s in config.SETTINGS if "| `%s` |" % s.name not in readme]
+    assert not missing, "README.md lacks settings %s" % missing

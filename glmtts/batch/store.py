@@ -34,12 +34,17 @@ import time
 
 from ..errors import DiskFullError, InputError, NotFoundError
 from . import states
-from .fsutil import atomic_write, fsync_dir, is_disk_full
+from .fsutil import Disk, atomic_write, fsync_dir, is_disk_full
 from .schema import Task
+from .validate import duration, human_bytes
 
 log = logging.getLogger(__name__)
 
 JOB_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
+# Room a job's outputs need beyond the validator's estimate: the speaking-rate heuristic
+# is rough, and the journal, job.json and the output being written need some too.
+OUTPUT_MARGIN = 1.25
+OUTPUT_SLACK = 1 << 20
 
 
 def new_job_id(now=None):
@@ -53,6 +58,28 @@ def file_sha256(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_output_space(settings, report, *, free_bytes=None):
+    """Refuse a job whose outputs will not fit in paths.output_dir before anything is
+    stored: DiskFullError (507) naming the directory, its free space, the estimate and
+    what to do. ``free_bytes(path)`` is statvfs (fsutil.Disk) unless a test passes
+    figures. Returns (needed, free). A job that fills the disk anyway pauses (runner)."""
+    root = settings.paths.output_dir
+    est = report.estimate or {}
+    needed = int(est.get("output_bytes", 0) * OUTPUT_MARGIN) + OUTPUT_SLACK
+    where = os.path.abspath(root)
+    while not os.path.isdir(where) and where != os.path.dirname(where):
+        where = os.path.dirname(where)  # outputs/ not created yet: its filesystem is the parent's
+    free = (free_bytes or Disk().free_bytes)(where)
+    if free >= needed:
+        return needed, free
+    raise DiskFullError(
+        "not enough space for this batch's outputs: %s has %s free, the job needs about %s (%d task(s), about %s "
+        "of audio as 16-bit WAV, plus margin); nothing was stored. Free space there, then submit again: "
+        "`glmtts batch prune --older-than DAYS` deletes finished jobs and their outputs (runbooks/disk-full.md), "
+        "or remove other files on that disk" % (root, human_bytes(free), human_bytes(needed), len(report.tasks),
+                                                duration(est.get("audio_s", 0))))
 
 
 class Journal:

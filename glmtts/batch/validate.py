@@ -23,6 +23,7 @@ _WORD = re.compile(r"[A-Za-z0-9']+")
 # Speaking-rate heuristics for the audio estimate (seconds per CJK character / word).
 CJK_S = 0.24
 WORD_S = 0.38
+WAV_HEADER = 44  # bytes; outputs are 16-bit mono WAV
 
 
 @dataclass
@@ -64,8 +65,8 @@ class Report:
             out.append("invalid lines: %s" % ranges(self.invalid_lines))
         if self.estimate and self.tasks:
             e = self.estimate
-            out.append("estimate: about %s of audio, about %s to synthesize (%s)" % (
-                duration(e["audio_s"]), duration(e["run_s"]), e["basis"]))
+            out.append("estimate: about %s of audio (%s of WAV output), about %s to synthesize (%s)" % (
+                duration(e["audio_s"]), human_bytes(e.get("output_bytes", 0)), duration(e["run_s"]), e["basis"]))
         out.append("OK: ready to run" if self.ok else "NOT OK: fix the errors above (nothing was synthesized)")
         return "\n".join(out)
 
@@ -225,11 +226,15 @@ def text_seconds(text):
 
 def estimate(tasks, settings, speed=None):
     audio_s = sum(text_seconds(t.input_text) for t in tasks)
+    # 16-bit samples at each task's rate: what the outputs directory must hold
+    output_bytes = sum(int(text_seconds(t.input_text) * (t.sample_rate or settings.engine.sample_rate)) * 2
+                       + WAV_HEADER for t in tasks)
     if speed is None:
         from .speed import Speed
         speed = Speed.load(settings)
     rtf, basis = speed.rtf(settings.engine.name)
-    return {"audio_s": round(audio_s, 1), "run_s": round(audio_s * rtf, 1), "rtf": rtf, "basis": basis}
+    return {"audio_s": round(audio_s, 1), "run_s": round(audio_s * rtf, 1), "rtf": rtf, "basis": basis,
+            "output_bytes": output_bytes}
 
 
 def ranges(numbers):
