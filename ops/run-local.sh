@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-RUN=$ROOT/run
+# GLMTTS_RUN_DIR moves everything elsewhere (the tests use it); default ./run
+RUN=${GLMTTS_RUN_DIR:-$ROOT/run}
 PORT=${GLMTTS_SERVER_PORT:-7860}
 mkdir -p "$RUN"/state "$RUN"/log "$RUN"/prompts "$RUN"/outputs
 
@@ -44,10 +45,10 @@ print("http://%s:%d/" % (s.server.host, s.server.port))
 PY
 )
 echo "glmtts: starting under supervisord; UI and API at $URL"
-echo "        logs: run/log/access.log, run/log/error.log; status: .venv/bin/supervisorctl -c ops/supervisord.conf status"
+echo "        logs: $RUN/log/access.log, $RUN/log/error.log; status: .venv/bin/supervisorctl -s unix://$RUN/supervisor.sock status"
 
 # Once ready: say so, and leave a Mandarin sample in run/hello.wav.
-( .venv/bin/python - "$URL" <<'PY' || true
+( .venv/bin/python - "$URL" "$RUN/hello.wav" <<'PY' || true
 import json, sys, time, urllib.request
 url = sys.argv[1]
 for _ in range(600):
@@ -62,9 +63,9 @@ else:
     sys.exit(0)
 req = urllib.request.Request(url + "v1/audio/speech", data=json.dumps({"input": "你好，欢迎使用语音合成服务。"}).encode(),
                              headers={"Content-Type": "application/json"})
-with urllib.request.urlopen(req, timeout=60) as r, open("run/hello.wav", "wb") as f:
+with urllib.request.urlopen(req, timeout=60) as r, open(sys.argv[2], "wb") as f:
     f.write(r.read())
-print("glmtts: ready at %s (sample: run/hello.wav)" % url, flush=True)
+print("glmtts: ready at %s (sample: %s)" % (url, sys.argv[2]), flush=True)
 PY
 ) &
 

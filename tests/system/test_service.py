@@ -1,5 +1,5 @@
 """glmtts under a real systemd, installed by `glmtts-ops install`: start, crash, hang,
-faults, crash loop, a foreign port holder. Each scenario leaves the service healthy for the
+faults, crash loop, a foreign port holder, a full outputs disk. Each scenario leaves the service healthy for the
 next and records its time to recover in artifacts/recovery.json (bench/recovery.py)."""
 
 import os
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import record_recovery
+from conftest import ROOT, record_recovery
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(600)]
 EXPOSURE_TARGET = 2.5
@@ -219,11 +219,92 @@ def test_crash_loop_hits_the_start_limit_and_is_escalated_once(deployed, alerts)
     d.smoke()
 
 
-@pytest.mark.xfail(run=False, strict=False, reason=(
-    "not written yet: needs a small tmpfs over /var/lib/glmtts/outputs mounted before the "
-    "service starts, a batch job that fills it (the service writes outputs only for batches), "
-    "batch.retention_days = 0 so the disk-full runbook's prune_outputs can free it, and an "
-    "agreed request that answers 507 (today POST /v1/batches stores the job in state_dir, "
-    "which is not the full disk; the job pauses on ENOSPC instead)"))
+OUTPUTS = "/var/lib/glmtts/outputs"
+BATCH = "".join('{"prompt_audio": "voice.wav", "prompt_text": "This is a reference recording of a calm voice.", '
+                '"input_text": "Chapter %d. The outputs directory is a small disk.", "output_name": "ch_%d"}\n'
+                % (i, i) for i in range(3)).encode()
+
+
+def submit_batch(d):
+    import requests
+    return requests.post(d.url + "/v1/batches", data=BATCH, timeout=60)
+
+
+def batch_done(d, job_id, timeout=60):
+    import requests
+    return d.sd.wait_for(lambda: requests.get(d.url + "/v1/batches/" + job_id, timeout=10).json()["state"] == "done",
+                         timeout, 0.3, "batch %s done" % job_id)
+
+
 def test_enospc_outputs_full_answers_507_and_disk_full_runbook_prunes(deployed):
-    raise NotImplementedError
+    """An 8 MB tmpfs over the outputs directory, filled by a finished job: submissions get
+    507 while the service stays healthy; the watchdog's disk check (floor 4 MB) opens an
+    enospc incident, the disk-full runbook prunes (batch.retention_days = 0), smoke-tests
+    and recovers; the same submission then runs."""
+    from tests.support.batch import assert_speech, reference_wav
+    d = deployed
+    healthy_again(d)
+    before = len(d.incidents())
+    cfg_path = "/etc/glmtts/glmtts.toml"
+    cfg = d.file(cfg_path).read_text()
+    assert "disk_free_floor_mb = 1\n" in cfg
+    d.file("/var/lib/glmtts/prompts/voice.wav").write_bytes(reference_wav())
+    d.sd.run(["chown", "glmtts:glmtts", "/var/lib/glmtts/prompts/voice.wav"])
+    # mounted before the service starts, so its own (ProtectSystem) namespace has it too
+    d.sd.systemctl("stop", "glmtts.service")
+    d.sd.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0750", "tmpfs", OUTPUTS])
+    d.sd.run(["chown", "glmtts:glmtts", OUTPUTS])
+    try:
+        d.write(cfg_path, cfg.replace("disk_free_floor_mb = 1\n", "disk_free_floor_mb = 4\n")
+                + "\n[batch]\nretention_days = 0\n", 0o640)
+        d.start()
+        d.wait_healthy(120)
+        r = submit_batch(d)
+        assert r.status_code == 201, r.text
+        first = r.json()["id"]
+        batch_done(d, first)
+        # the finished job's outputs fill the disk (a filler in its output directory stands
+        # in for the hundreds of clips of a real audiobook run)
+        d.sd.run(["sh", "-c", "head -c 16M /dev/zero > %s/%s/filler.wav" % (OUTPUTS, first)], check=False)
+        assert d.sd.run(["df", "--output=avail", "-B1", OUTPUTS]).stdout.split()[-1] == "0"
+
+        t0 = time.monotonic()
+        r = submit_batch(d)
+        assert r.status_code == 507, r.text
+        err = r.json()["error"]
+        assert err["code"] == "disk_full", err
+        assert "%s has 0 bytes free, the job needs about" % OUTPUTS in err["message"], err["message"]
+        assert "glmtts batch prune" in err["message"] and "runbooks/disk-full.md" in err["message"]
+        assert d.healthz()[0] == 200
+        d.smoke()
+
+        rc, report, _ = d.watchdog_check()
+        incidents = new_incidents(d, before)
+        assert incidents, report
+        inc = incidents[-1]
+        assert "enospc" in inc["signatures"] and inc["runbook"] == "disk-full", inc
+        assert inc["outcome"] == "recovered" and inc["time_to_recover_s"] is not None, inc
+        steps = {s["action"]: s for s in inc["steps"]}
+        assert steps["prune_outputs"]["status"] == "ok" and "pruned 1 finished job" in steps["prune_outputs"]["detail"]
+        assert steps["smoke_test"]["status"] == "ok", inc["steps"]
+        assert any(OUTPUTS in e.get("line", "") for e in inc["evidence"]), inc["evidence"]
+        record_recovery("ENOSPC outputs full (watchdog runbook disk-full)", inc["time_to_recover_s"],
+                        "507 meanwhile; prune_outputs + smoke test; %.1f s from the 507" % (time.monotonic() - t0))
+        assert not d.file("%s/%s" % (OUTPUTS, first)).exists()
+
+        r = submit_batch(d)
+        assert r.status_code == 201, r.text
+        second = r.json()["id"]
+        batch_done(d, second)
+        assert sorted(os.listdir(d.file("%s/%s" % (OUTPUTS, second)))) == ["ch_0.wav", "ch_1.wav", "ch_2.wav"]
+        assert_speech(str(d.file("%s/%s/ch_2.wav" % (OUTPUTS, second))))
+        d.smoke()
+        # the runbook's manual command, as the on-call engineer would type it
+        out = d.sd.run([str(ROOT / ".venv/bin/glmtts"), "batch", "prune", "--older-than", "0"]).stdout
+        assert "deleted 1 finished job(s) older than 0 days" in out, out
+    finally:
+        d.write(cfg_path, cfg, 0o640)
+        d.sd.systemctl("stop", "glmtts.service", check=False)
+        d.sd.run(["umount", OUTPUTS], check=False)
+    healthy_again(d)
+    d.smoke()
