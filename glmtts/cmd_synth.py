@@ -4,11 +4,10 @@ optionally matching a reference voice (zero-shot). Writes the file atomically.""
 import logging
 import os
 import sys
-import tempfile
 import time
 
 from . import audio as audio_mod
-from . import config
+from . import config, fsutil
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -81,24 +80,11 @@ def _read_prompt(args, settings):
 
 
 def write_atomic(path, data):
-    """Write bytes to path via a temporary file in the same directory + fsync + rename,
-    so a reader never sees a half-written file."""
+    """Write the output so a reader never sees a half-written file."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise InputError("output directory %s does not exist" % directory)
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    fsutil.atomic_write(path, data, tmp=os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(path), os.getpid())))
 
 
 def run(args):

@@ -6,37 +6,17 @@ import json
 import logging
 import os
 
+from .. import fsutil
+
 log = logging.getLogger(__name__)
 
 VERSION = 1
 
 
 def atomic_write(path, data):
-    """Replace path with data (bytes) atomically and durably."""
-    d = os.path.dirname(path) or "."
-    os.makedirs(d, exist_ok=True)
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    """Replace path with data (bytes) atomically and durably; creates the directory."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fsutil.atomic_write(path, data, mode=0o640)
 
 
 def watchdog_dir(settings):
