@@ -35,9 +35,11 @@ CONFIG_FILE = "/etc/glmtts/glmtts.toml"
 LOG_DIR = "/var/log/glmtts"
 STATE_DIR = "/var/lib/glmtts"
 BASE_PORT = 7860
-# ProtectHome= hides these from the units; anything the service needs under them is
-# bound back read-only by a drop-in (e.g. a pyenv interpreter under /root).
+# ProtectHome= hides these from the units, PrivateTmp= hides TMP_DIRS; anything the
+# service needs under them is bound back read-only by a drop-in (e.g. a pyenv interpreter
+# under /root, or a checkout under /var/tmp).
 HOME_DIRS = ("/home", "/root", "/run/user")
+TMP_DIRS = ("/tmp", "/var/tmp")
 DROP_IN = "10-deploy-paths.conf"
 
 
@@ -164,14 +166,18 @@ def default_deploy_dir():
     return here if (here / "service").is_dir() and (here / "ops").is_dir() else None
 
 
+def _under(path, dirs):
+    return any(str(path) == d or str(path).startswith(d + "/") for d in dirs)
+
+
 def home_paths(deploy_dir):
-    """Paths under /home, /root or /run/user the units need: the deploy tree itself and the
+    """Paths under a home or tmp directory the units need: the deploy tree itself and the
     real prefix of the venv's interpreter (a venv's python is a symlink to its base)."""
     needed = []
     python = Path(deploy_dir) / ".venv" / "bin" / "python"
     base = Path(os.path.realpath(python)).parent.parent
     for p in (Path(deploy_dir), base):
-        if any(str(p) == h or str(p).startswith(h + "/") for h in HOME_DIRS) and str(p) not in needed:
+        if _under(p, HOME_DIRS + TMP_DIRS) and str(p) not in needed:
             needed.append(str(p))
     return needed
 
@@ -181,9 +187,12 @@ def render_unit(text, deploy_dir):
 
 
 def drop_in_text(paths):
-    return ("# Written by glmtts-ops install: the deploy tree or its Python lives under a home\n"
-            "# directory, which ProtectHome= hides. Show empty homes and bind back only these.\n"
-            "[Service]\nProtectHome=tmpfs\nBindReadOnlyPaths=%s\n" % " ".join(paths))
+    text = ("# Written by glmtts-ops install: the deploy tree or its Python lives under a home or\n"
+            "# tmp directory, which ProtectHome=/PrivateTmp= hide. Bind back only these, read-only.\n"
+            "[Service]\n")
+    if any(_under(p, HOME_DIRS) for p in paths):
+        text += "ProtectHome=tmpfs\n"  # empty homes instead of none, so the binds have a place
+    return text + "BindReadOnlyPaths=%s\n" % " ".join(paths)
 
 
 def instance_env_text(n):

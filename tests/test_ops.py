@@ -145,16 +145,20 @@ def test_uninstall_keeps_data_and_purge_removes_everything(tree):
     assert "glmtts:" not in (tree / "etc/passwd").read_text()
 
 
-def test_home_paths_are_bound_back_by_a_drop_in(tmp_path):
-    # a venv whose interpreter lives under /root (pyenv): ProtectHome would hide it
+def test_home_and_tmp_paths_are_bound_back_by_a_drop_in(tmp_path):
+    # a checkout under /tmp (PrivateTmp would hide it) whose venv interpreter lives under
+    # /root (pyenv: ProtectHome would hide it)
     deploy = tmp_path / "deploy"
     (deploy / ".venv/bin").mkdir(parents=True)
     os.symlink(sys.executable, deploy / ".venv/bin/python")
     base = str(Path(os.path.realpath(sys.executable)).parent.parent)
-    expected = [base] if base.startswith(("/root/", "/home/")) else []
+    expected = [str(deploy)] if str(deploy).startswith(("/tmp/", "/var/tmp/")) else []
+    expected += [base] if base.startswith(("/root/", "/home/", "/tmp/", "/var/tmp/")) else []
     assert ops.home_paths(deploy) == expected
     text = ops.drop_in_text(["/root/.pyenv/versions/3.11.7"])
     assert "ProtectHome=tmpfs" in text and "BindReadOnlyPaths=/root/.pyenv/versions/3.11.7" in text
+    text = ops.drop_in_text(["/var/tmp/checkout"])
+    assert "ProtectHome=tmpfs" not in text and "BindReadOnlyPaths=/var/tmp/checkout" in text
 
 
 def test_bad_deploy_dir_is_a_one_line_error(tmp_path):
