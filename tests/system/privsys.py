@@ -52,7 +52,11 @@ BOOT = r"""
 set -e
 mount --make-rprivate /
 mount -t tmpfs tmpfs /run
+# a checkout that lives under /tmp (KEEP) stays visible through the private /tmp
+mkdir -p "$S/keep"
+[ -z "$KEEP" ] || mount --bind "$KEEP" "$S/keep"
 mount -t tmpfs -o mode=1777 tmpfs /tmp
+[ -z "$KEEP" ] || { mkdir -p "$KEEP"; mount --bind "$S/keep" "$KEEP"; }
 mount -t tmpfs -o mode=0755 tmpfs "$S/etc-rw"
 mkdir "$S/etc-rw/upper" "$S/etc-rw/work"
 mount -t overlay overlay -o "lowerdir=/etc,upperdir=$S/etc-rw/upper,workdir=$S/etc-rw/work" /etc
@@ -109,7 +113,9 @@ class PrivateSystemd:
             if not os.path.isdir(d):
                 os.makedirs(d)
                 self._made.append(d)
-        env = dict(os.environ, S=str(self.state), MASKED=" ".join(MASKED))
+        repo = str(Path(__file__).resolve().parents[2])
+        keep = repo if repo == "/tmp" or repo.startswith("/tmp/") else ""
+        env = dict(os.environ, S=str(self.state), MASKED=" ".join(MASKED), KEEP=keep)
         log = open(self.state / "boot.log", "wb")
         self._unshare = subprocess.Popen(
             ["unshare", "--pid", "--fork", "--mount", "--mount-proc", "--cgroup", "bash", "-c", BOOT],
