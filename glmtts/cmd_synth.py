@@ -32,7 +32,7 @@ def add_parser(sub):
     p.add_argument("--phoneme", action="store_true", default=None,
                    help="apply the G2P replacement dictionary (engine.g2p_dict)")
     p.add_argument("--no-cache", dest="use_cache", action="store_false", default=None,
-                   help="disable the language model's KV cache (engine glmtts)")
+                   help="do not prompt later chunks with the earlier chunks as history (engine glmtts prompt cache)")
     p.add_argument("--format", choices=sorted(set(EXTENSIONS.values())), default=None,
                    help="output format (default: from the -o extension, else wav)")
     p.add_argument("-o", "--output", metavar="FILE", help="output file (written atomically)")

@@ -67,7 +67,7 @@ def synthesize_tab(runtime):
                                 label="Sample rate")
                 seed = gr.Number(value=s.engine.seed, precision=0, label="Seed")
             with gr.Row():
-                use_cache = gr.Checkbox(value=s.engine.use_cache, label="KV cache")
+                use_cache = gr.Checkbox(value=s.engine.use_cache, label="Prompt cache (earlier chunks as history)")
                 phoneme = gr.Checkbox(value=s.engine.phoneme, label="Phoneme (G2P dictionary)")
             go = gr.Button("Synthesize", variant="primary", elem_id="tts-go")
         with gr.Column():

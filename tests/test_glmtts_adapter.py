@@ -1,5 +1,9 @@
 """The glmtts engine against tests/fixtures/glmtts_checkout, a stand-in checkout with the
-official repository's layout and signatures that returns real audio (no GPU here)."""
+official repository's layout, signatures and load-time behaviours (mel caches keyed
+without the rate, audio through torchaudio.load, FSTs written into the installed ``tn``
+package, cwd-relative files, device pinning) that returns real audio (no GPU here).
+tests/fixtures/wetext_site stands in for WeTextProcessing's installed ``tn`` package.
+The conformance run against the real repository is tests/test_glmtts_realrepo.py."""
 
 import io
 import os
@@ -21,26 +25,55 @@ from glmtts.errors import ConfigError, CudaFatalError, EngineOOMError, InputErro
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(REPO_ROOT, "tests", "fixtures", "glmtts_checkout")
+WETEXT_SITE = os.path.join(REPO_ROOT, "tests", "fixtures", "wetext_site")
 LONG_TEXT = "你好，欢迎使用我们的语音合成服务。今天天气很好，我们一起去公园散步吧。明天见。"
 FIXTURE_PROMPT_F0 = 180.0  # examples/prompt/fixture_zh.wav
 
 
-def glm_settings(home=FIXTURE, **overrides):
-    return config.load(path="", env={}).replace(engine__name="glmtts", engine__glmtts_home=home, **overrides)
+SITE = {}  # "dir": this module's copy of the fixture tn site, "state": its default state_dir
+
+
+def glm_settings(home=FIXTURE, state_dir=None, **overrides):
+    return config.load(path="", env={}).replace(engine__name="glmtts", engine__glmtts_home=home,
+                                                paths__state_dir=state_dir or SITE["state"], **overrides)
 
 
 @pytest.fixture(scope="module")
-def engine():
+def wetext(tmp_path_factory):
+    """A private copy of the stand-in ``tn`` package on sys.path, so a test can see
+    whether anything was written into the "installed" package."""
+    site = tmp_path_factory.mktemp("site")
+    shutil.copytree(WETEXT_SITE, site / "wetext_site", ignore=shutil.ignore_patterns("__pycache__"))
+    SITE.update(dir=str(site / "wetext_site"), state=str(tmp_path_factory.mktemp("state")))
+    sys.path.insert(0, SITE["dir"])
+    yield SITE["dir"]
+    # The checkout's generic top-level packages (utils, llm, cosyvoice, tn) must not
+    # leak into the rest of the suite's interpreter.
+    for name, mod in list(sys.modules.items()):
+        where = getattr(mod, "__file__", None) or ""
+        if where.startswith(FIXTURE + os.sep) or where.startswith(SITE["dir"] + os.sep):
+            del sys.modules[name]
+    for path in (FIXTURE, SITE["dir"]):
+        while path in sys.path:
+            sys.path.remove(path)
+
+
+@pytest.fixture(scope="module")
+def engine(wetext):
     eng = create(glm_settings())
     eng.load()
     yield eng
-    # The checkout's generic top-level packages (utils, llm, cosyvoice) must not leak
-    # into the rest of the suite's interpreter.
-    for name, mod in list(sys.modules.items()):
-        if (getattr(mod, "__file__", None) or "").startswith(FIXTURE + os.sep):
-            del sys.modules[name]
-    while FIXTURE in sys.path:
-        sys.path.remove(FIXTURE)
+
+
+def package_files(root):
+    """{relative path: (size, mtime_ns)} of every file under ``root`` but bytecode."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            st = os.stat(os.path.join(dirpath, name))
+            out[os.path.relpath(os.path.join(dirpath, name), root)] = (st.st_size, st.st_mtime_ns)
+    return out
 
 
 @pytest.fixture
@@ -116,7 +149,7 @@ def test_use_cache_reaches_generate_long_and_grows_the_prompt(engine, calls):
     engine.synthesize(SynthesisRequest(text=LONG_TEXT, use_cache=True))
     assert calls.calls("generate_long")[-1]["use_cache"] is True
     assert calls.calls("generate_long")[-1]["sample_method"] == "ras"
-    assert calls.calls("get_cached_prompt"), "later chunks are prompted from the KV-cache history"
+    assert calls.calls("get_cached_prompt"), "later chunks are prompted with the earlier chunks as history"
     lm = calls.calls("llm.inference")
     assert len(lm) >= 2 and lm[1]["prompt_text_len"] > lm[0]["prompt_text_len"]
 
@@ -262,7 +295,7 @@ def test_bad_requests_are_clear_errors(engine):
         engine.synthesize(SynthesisRequest(text="你好。", prompt_features=PromptFeatures("espeak", "x")))
 
 
-def test_missing_home_or_ckpt_is_a_config_error_naming_the_path(tmp_path):
+def test_missing_home_or_ckpt_is_a_config_error_naming_the_path(wetext, tmp_path):
     with pytest.raises(ConfigError, match="engine.glmtts_home is empty"):
         create(glm_settings(home=""))
     (tmp_path / "glmtts_inference.py").write_text("")
@@ -271,7 +304,7 @@ def test_missing_home_or_ckpt_is_a_config_error_naming_the_path(tmp_path):
     assert "no directory %s" % (tmp_path / "ckpt") in str(info.value)
 
 
-def test_missing_weight_file_is_an_engine_load_error_naming_it(tmp_path):
+def test_missing_weight_file_is_an_engine_load_error_naming_it(wetext, tmp_path):
     # a fresh interpreter: one process imports one checkout (generic package names)
     home = tmp_path / "GLM-TTS"
     shutil.copytree(FIXTURE, home, ignore=shutil.ignore_patterns("__pycache__"))
@@ -287,8 +320,10 @@ def test_missing_weight_file_is_an_engine_load_error_naming_it(tmp_path):
         except EngineLoadError as e:
             print("EngineLoadError:", e)
     """)
-    out = subprocess.run([sys.executable, "-c", script, str(home)], capture_output=True, text=True, timeout=60,
-                         cwd=str(tmp_path))
+    script = script.replace("engine__glmtts_home=sys.argv[1]", "engine__glmtts_home=sys.argv[1], paths__state_dir=sys.argv[2]")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO_ROOT, WETEXT_SITE]))
+    out = subprocess.run([sys.executable, "-c", script, str(home), str(tmp_path / "state")], capture_output=True,
+                         text=True, timeout=60, cwd=str(tmp_path), env=env)
     assert "EngineLoadError: GLM-TTS weights missing" in out.stdout, out.stderr
     assert "ckpt/flow/flow.pt" in out.stdout and str(home) in out.stdout
 
@@ -328,3 +363,117 @@ def test_engine_g2p_dict_extends_the_repositorys_dictionary(engine, calls, tmp_p
     extra.write_text("not json\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="line 1"):
         create(glm_settings(engine__g2p_dict=str(extra))).load()
+
+
+# -- the official repository's behaviours (issue: the engine failed at load four ways) --------------
+
+
+def test_fixture_reproduces_the_mel_cache_collision_between_rates(engine):
+    # negative control: the stand-in's extractors, called one after the other in one
+    # process as the real ones would be, fail like the real utils/audio.py does
+    import torch
+    audio_mod = sys.modules["utils.audio"]
+    saved = audio_mod.mel_basis, audio_mod.hann_window
+    audio_mod.mel_basis, audio_mod.hann_window = {}, {}
+    try:
+        wav = torch.zeros(1, 24000).uniform_(-0.1, 0.1)
+        engine._rates[24000].frontend.feat_extractor(wav)
+        with pytest.raises(RuntimeError, match="window"):
+            engine._rates[32000].frontend.feat_extractor(wav)
+    finally:
+        audio_mod.mel_basis, audio_mod.hann_window = saved
+
+
+def test_prompt_features_at_both_rates_in_one_process(engine):
+    # blocker 1: the default voice's features at 24 and 32 kHz are computed in one
+    # load (the old adapter failed here: stft expected a window of size 2560, got [1920])
+    low = voice(120.0)
+    f = engine.prepare_prompt(*low, "这是低音。")
+    a, b = f.data["speech_feat"][24000], f.data["speech_feat"][32000]
+    assert a.shape[0] == b.shape[0] == 1 and a.shape[2] == b.shape[2] == 80
+    assert abs(a.shape[1] - b.shape[1]) <= 1, "both rates at 50 frames/s"
+    assert abs(a.shape[1] - 3.0 * 50) <= 2
+    assert engine.describe()["default_voice"] is True
+
+
+def test_reference_audio_is_decoded_here_never_through_torchaudio(wetext, monkeypatch, tmp_path, calls):
+    # blocker 4: torchaudio.load needs torchcodec + FFmpeg (absent); ImportError on import
+    monkeypatch.setitem(sys.modules, "torchaudio", None)
+    eng = create(glm_settings(state_dir=str(tmp_path)))
+    eng.load()
+    assert eng.describe()["default_voice"] is True
+    sr = 44100
+    t = np.arange(int(3.0 * sr)) / sr
+    stereo = np.stack([0.3 * np.sin(2 * np.pi * 200.0 * t), 0.3 * np.sin(2 * np.pi * 200.0 * t)], axis=1)
+    f = eng.prepare_prompt(stereo.astype(np.float32), sr, "这是参考。")
+    # the embedding was measured on 16 kHz samples, as the real kaldi fbank assumes
+    assert abs(calls.calls("spk_embedding")[-1]["f0"] - 200.0) / 200.0 < 0.05
+    out = eng.synthesize(SynthesisRequest(text="你好，世界。", prompt_features=f, sample_rate=32000))
+    assert abs(median_f0(out.audio, 32000) - 200.0) / 200.0 < 0.15
+
+
+def test_text_normalizer_fsts_are_built_once_into_the_state_dir_never_into_the_package(wetext, tmp_path, calls):
+    # blocker 3: the repository's TextFrontEnd asks WeTextProcessing to rebuild its FSTs
+    # into site-packages/tn/ (read-only under ProtectSystem=strict; 16-22 s each start)
+    tn = sys.modules.get("tn") or __import__("tn")
+    before = package_files(wetext)
+    builds = len(tn.BUILDS)
+    first = create(glm_settings(state_dir=str(tmp_path)))
+    first.load()
+    assert package_files(wetext) == before, "nothing written into the installed tn package"
+    built = tn.BUILDS[builds:]
+    assert [prefix for prefix, _ in built] == ["zh_tn"]
+    cache = os.path.dirname(built[0][1])
+    assert os.path.commonpath([cache, str(tmp_path)]) == str(tmp_path), built
+    entries = os.listdir(cache)
+    assert len(entries) == 1 and not entries[0].startswith("."), "one complete entry, no leftover build dir"
+    assert sorted(os.listdir(os.path.join(cache, entries[0]))) == [
+        "glmtts-cache.json", "zh_tn_tagger.fst", "zh_tn_verbalizer.fst"]
+    assert len(calls.calls("TextFrontEnd")) == 1, "one text front end for both rates"
+
+    calls.CALLS.clear()
+    second = create(glm_settings(state_dir=str(tmp_path)))
+    second.load()
+    assert len(tn.BUILDS) == builds + 1, "the second start reuses the cached FSTs"
+    assert len(calls.calls("TextFrontEnd")) == 1
+    assert package_files(wetext) == before
+    assert len(second.synthesize(SynthesisRequest(text="你好。")).audio) > 0
+
+
+def test_glmtts_extra_pins_what_the_real_code_needs():
+    # blocker 2: transformers 5 removed modeling_attn_mask_utils (the repository's
+    # vendored Whisper imports it); from_pretrained(dtype=...) needs 4.56
+    import configparser
+    from packaging.requirements import Requirement
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(REPO_ROOT, "setup.cfg"))
+    reqs = {Requirement(line).name.lower(): Requirement(line)
+            for line in cfg["options.extras_require"]["glmtts"].split("\n") if line.strip()}
+    tf = reqs["transformers"].specifier
+    assert "4.57.3" in tf and "4.56.0" in tf and "4.55.4" not in tf and "5.0.0" not in tf
+    assert "torchvision" not in reqs and "funasr" not in reqs
+    assert {"jieba", "tiktoken", "peft", "wetextprocessing", "torchaudio"} <= set(reqs)
+
+
+def test_device_cpu_is_a_config_error_that_says_why(wetext):
+    with pytest.raises(ConfigError, match=r"engine.device = \"cpu\".*\.cuda\(\)"):
+        create(glm_settings(engine__device="cpu"))
+
+
+def test_chunks_are_counted_from_generate_long_even_when_the_prompt_cache_is_pruned(engine, calls):
+    long_text = "".join("第%d句话讲的是一个很长很长的故事，我们慢慢地把它讲完。" % i for i in range(12))
+    r = engine.synthesize(SynthesisRequest(text=long_text, use_cache=True))
+    ran = len(calls.calls("llm.inference"))
+    assert ran >= 6 and r.meta["chunks"] == ran
+
+
+def test_repository_prints_during_synthesis_go_to_stderr_not_the_access_log(engine, capfd):
+    capfd.readouterr()
+    engine.synthesize(SynthesisRequest(text="你好，世界。"))
+    list(engine.synthesize_stream(SynthesisRequest(text="你好，世界。")))
+    engine.prepare_prompt(*voice(150.0), "这是参考。")
+    out, err = capfd.readouterr()
+    assert "fixture llm sampled" in err
+    assert "fixture llm" not in out
+    print("the process's own stdout still works")
+    assert "own stdout still works" in capfd.readouterr().out

@@ -17,8 +17,15 @@ it listens and before any other thread does file work — changes the process cw
 under a module lock and restores it in ``finally``. Synthesis then never changes cwd;
 the one relative read it would make (``configs/custom_replace.jsonl``, optional)
 then resolves against the process cwd. ``describe()`` reports which mode is active.
+
+Two more process-wide habits of the repository are contained here, on that thread:
+it ``print()``s on stdout while it loads and synthesizes (stdout is the access log),
+so ``ModelThreadStdout`` sends whatever the model thread prints to stderr (the error
+log); and its mel extractor caches its basis and window in module globals keyed
+without the sample rate, which ``ModuleCaches`` gives one private set per rate.
 """
 
+import contextlib
 import ctypes
 import importlib
 import logging
@@ -37,6 +44,68 @@ ENTRY_MODULE = "glmtts_inference"
 
 _PROCESS_CWD_LOCK = threading.Lock()
 _IMPORT_LOCK = threading.Lock()
+_MODEL_THREADS = set()  # idents of live RepoThreads: their print()s belong on stderr
+
+
+class ModelThreadStdout:
+    """``sys.stdout`` for the process: what a model thread writes goes to the current
+    ``sys.stderr``, every other thread's output to the stdout this wraps."""
+
+    def __init__(self, stdout):
+        self._stdout = stdout
+
+    def _target(self):
+        return sys.stderr if threading.get_ident() in _MODEL_THREADS else self._stdout
+
+    def write(self, text):
+        return self._target().write(text)
+
+    def flush(self):
+        return self._target().flush()
+
+    def __getattr__(self, name):
+        return getattr(self._stdout, name)
+
+
+def route_model_prints():
+    """(Re)install ModelThreadStdout: something (a test harness, a log reopen) may have
+    replaced sys.stdout since the last call."""
+    if not isinstance(sys.stdout, ModelThreadStdout):
+        sys.stdout = ModelThreadStdout(sys.stdout)
+
+
+class ModuleCaches:
+    """Private copies, per key, of a module's global cache dicts. Only ever used on the
+    model thread, which serialises all model work, so swapping module attributes for
+    the duration of one call is race-free."""
+
+    def __init__(self, module, names):
+        self._module = module
+        self.names = [n for n in names if isinstance(getattr(module, n, None), dict)]
+        self._store = {}
+
+    @contextlib.contextmanager
+    def scoped(self, key):
+        mine = self._store.setdefault(key, {n: {} for n in self.names})
+        saved = {n: getattr(self._module, n) for n in self.names}
+        for n in self.names:
+            setattr(self._module, n, mine[n])
+        try:
+            yield
+        finally:
+            for n, value in saved.items():
+                setattr(self._module, n, value)
+
+
+@contextlib.contextmanager
+def substituted(module, name, value):
+    """``module.name = value`` for the duration of a call made on the model thread."""
+    saved = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
 
 
 class ThreadCwd:
@@ -71,6 +140,7 @@ class RepoThread:
         self._ready.wait()
 
     def _serve(self):
+        _MODEL_THREADS.add(threading.get_ident())
         why_not = self._cwd.isolate()
         if why_not is None:
             os.chdir(self.home)  # this thread only: its fs context is private now
@@ -82,6 +152,7 @@ class RepoThread:
         while True:
             item = self._queue.get()
             if item is None:
+                _MODEL_THREADS.discard(threading.get_ident())
                 return
             future, fn, args, kwargs = item
             del item
@@ -99,6 +170,7 @@ class RepoThread:
 
     def call(self, fn, *args, **kwargs):
         """Run ``fn`` on the model thread and wait; its exception re-raises here."""
+        route_model_prints()
         future = Future()
         self._queue.put((future, fn, args, kwargs))
         try:
