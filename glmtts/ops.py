@@ -3,8 +3,9 @@
 install creates the glmtts system user and group, /etc/glmtts (config from the example,
 never overwritten), /var/log/glmtts and /var/lib/glmtts with owners and modes, installs
 the systemd units (with the deploy tree substituted for /opt/glmtts) and the logrotate
-file, reloads systemd and enables the watchdog timer. Every step is printed; running it
-twice changes nothing the second time.
+file, reloads systemd, runs the preflight (the configured engine loaded and heard once
+inside glmtts.service's own sandbox, see glmtts/preflight.py) and enables the watchdog
+timer. Every step is printed; running it twice changes nothing the second time.
 
 All OS side effects go through one object, ``Host``: ``--dry-run`` prints the plan
 without calling its mutating methods, ``--root DIR`` points every path (and useradd,
@@ -15,12 +16,15 @@ import argparse
 import grp
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from . import preflight as preflight_mod
+from .preflight import PreflightError
 from .errors import EXIT_FAILURE, GlmttsError
 
 USER = GROUP = "glmtts"
@@ -93,6 +97,27 @@ class Host:
     def owner(self, p):
         st = self.path(p).stat()
         return st.st_uid, st.st_gid, st.st_mode & 0o7777
+
+    def listdir(self, p):
+        target = self.path(p)
+        return sorted(os.listdir(target)) if target.is_dir() else []
+
+    def run_preflight(self, cmd, timeout):
+        """Run the preflight command: (exit status or None on timeout, stdout, stderr). A
+        failure is an answer here, not an exception: the caller turns it into one line."""
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace",
+                                  timeout=timeout, stdin=subprocess.DEVNULL)
+        except FileNotFoundError as e:
+            return 127, "", "%s: not found (needs systemd)" % e.filename
+        except subprocess.TimeoutExpired as e:
+            # killing systemd-run leaves its transient unit running: stop it by name
+            unit = next((a.split("=", 1)[1] for a in cmd if a.startswith("--unit=")), None)
+            if unit:
+                subprocess.run(["systemctl", "stop", unit], capture_output=True, timeout=60)
+            as_text = lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else (b or "")  # noqa: E731
+            return None, as_text(e.stdout), as_text(e.stderr)
+        return proc.returncode, proc.stdout, proc.stderr
 
     # -- changes ----------------------------------------------------------------------
     def run(self, cmd):
@@ -216,7 +241,36 @@ class Plan:
         self.out.write("ok      %s\n" % message)
 
 
-def install(host, deploy_dir, *, instances=(), start=True, dry_run=False, out=sys.stdout):
+def run_preflight(host, plan, texts, unit, *, enabled, out):
+    """The engine loaded and heard once, the way ``unit`` will run it, before anything starts.
+    ``texts``: the unit and its drop-ins as this install leaves them."""
+    if not enabled:
+        out.write("skip    preflight (--no-preflight): %s was not test-loaded; before starting it run "
+                  "`glmtts engines check --unit %s`\n" % (unit, unit))
+        return
+    if host.offline:
+        out.write("skip    preflight: --root %s is a directory tree, not this host's systemd; on the target host "
+                  "run `glmtts engines check --unit %s` before starting it\n" % (host.root, unit))
+        return
+    assigned = preflight_mod.assignments(texts, unit)
+    cmd, limit_s = preflight_mod.command(assigned, unit)
+    where = "%s's sandbox: %s" % (unit, preflight_mod.sandbox_summary(assigned))
+    message = "preflight: load the configured engine and synthesize once in %s (systemd-run, %d properties from the unit)" % (
+        where, sum(a.startswith("--property=") for a in cmd))
+    if plan.dry_run:
+        out.write("would run     %s\n        %s\n" % (message, " ".join(shlex.quote(a) for a in cmd)))
+        return
+    out.write("run     %s\n" % message)
+    out.flush()
+    rc, stdout, stderr = host.run_preflight(cmd, None if limit_s is None else limit_s + 30)
+    result = preflight_mod.read_result(rc, stdout, stderr, where, limit_s)
+    if not result.ok:
+        raise PreflightError(result.line + "; then run glmtts-ops install again (or --no-preflight to install anyway)",
+                             exit_code=result.exit_code)
+    out.write("ok      %s\n" % result.line)
+
+
+def install(host, deploy_dir, *, instances=(), start=True, dry_run=False, preflight=True, out=sys.stdout):
     deploy_dir = Path(deploy_dir).resolve()
     ops_dir = deploy_dir / "ops"
     for needed in (ops_dir / "glmtts.service", deploy_dir / "service", deploy_dir / ".venv" / "bin" / "python"):
@@ -298,18 +352,24 @@ def install(host, deploy_dir, *, instances=(), start=True, dry_run=False, out=sy
         else:
             plan.do("%s %s" % ("update " if host.exists(path) else "install", path), host.write, path, text, mode)
 
+    written = {}  # path -> the text this install leaves there (None: removed); the preflight reads it
     for unit in UNITS:
-        ours("%s/%s" % (UNIT_DIR, unit), render_unit((ops_dir / unit).read_text(), deploy_dir))
+        written["%s/%s" % (UNIT_DIR, unit)] = render_unit((ops_dir / unit).read_text(), deploy_dir)
+        ours("%s/%s" % (UNIT_DIR, unit), written["%s/%s" % (UNIT_DIR, unit)])
     hidden = home_paths(deploy_dir)
     for unit in SERVICE_UNITS:
         drop_in = "%s/%s.d/%s" % (UNIT_DIR, unit, DROP_IN)
+        written[drop_in] = drop_in_text(hidden) if hidden else None
         if hidden:
-            ours(drop_in, drop_in_text(hidden))
+            ours(drop_in, written[drop_in])
         elif host.exists(drop_in):
             plan.do("remove  %s (no longer needed)" % drop_in, host.remove, drop_in)
     ours(LOGROTATE_FILE, (ops_dir / "logrotate.conf").read_text())
 
     plan.do("run     systemctl daemon-reload", host.systemctl, "daemon-reload")
+    # one instance stands for all: the same code, weights and sandbox; only the GPU differs
+    checked = "glmtts@%d.service" % instances[0] if instances else "glmtts.service"
+    run_preflight(host, plan, preflight_mod.unit_texts(host, checked, written), checked, enabled=preflight, out=out)
     plan.do("run     systemctl enable %s%s" % ("--now " if start else "", TIMER),
             host.systemctl, *(["enable", "--now", TIMER] if start else ["enable", TIMER]))
     out.write("\nnext: systemctl enable --now glmtts   (or glmtts@0 glmtts@1 ... one per GPU)\n"
@@ -355,17 +415,21 @@ def parse_instances(text):
 
 def build_parser():
     p = argparse.ArgumentParser(prog="glmtts-ops", description=(
-        "Install glmtts as systemd units on this host (user, dirs, config, units, logrotate, "
-        "watchdog timer), or remove it. Every step is printed; install is idempotent and never "
+        "Install glmtts as systemd units on this host (user, dirs, config, units, logrotate, a "
+        "preflight of the engine in the unit's own sandbox, watchdog timer), or remove it. Every step is printed; install is idempotent and never "
         "overwrites an existing /etc/glmtts/glmtts.toml."))
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    i = sub.add_parser("install", help="create user, dirs, config; install units and logrotate; enable the timer")
+    i = sub.add_parser("install", help="create user, dirs, config; install units and logrotate; preflight the "
+                       "engine in the unit's sandbox; enable the timer")
     i.add_argument("--deploy-dir", metavar="DIR", help="checkout with service/, ops/ and .venv/ "
                    "(default: the tree this command runs from); written into the units for /opt/glmtts")
     i.add_argument("--instances", type=parse_instances, default=[], metavar="0,1",
                    help="also prepare glmtts@N per GPU: /etc/glmtts/instance-N.env (port 7860+N) and its log files")
     i.add_argument("--no-start", dest="start", action="store_false",
                    help="enable the watchdog timer without starting it now")
+    i.add_argument("--no-preflight", dest="preflight", action="store_false",
+                   help="skip loading the engine once in the unit's sandbox before enabling anything "
+                        "(e.g. weights not downloaded yet; run `glmtts engines check` later)")
     u = sub.add_parser("uninstall", help="stop and remove units and the logrotate file (keeps config, data, logs)")
     u.add_argument("--purge", action="store_true", help="also remove /etc/glmtts, /var/lib/glmtts, /var/log/glmtts and the user")
     for s in (i, u):
@@ -376,15 +440,17 @@ def build_parser():
 
 def main(argv=None, host=None, out=sys.stdout):
     args = build_parser().parse_args(argv)
+    this_machine = host is None and args.root == "/"  # a host passed in (tests) brings its own rights
     host = host or Host(args.root)
     try:
-        if os.geteuid() != 0 and not args.dry_run and args.root == "/" and isinstance(host, Host):
+        if os.geteuid() != 0 and not args.dry_run and this_machine:
             raise OpsError("needs root (sudo glmtts-ops %s), or --dry-run to see the plan" % args.command)
         if args.command == "install":
             deploy = args.deploy_dir or default_deploy_dir()
             if deploy is None:
                 raise OpsError("cannot tell the deploy tree: pass --deploy-dir DIR (a checkout with service/, ops/, .venv/)")
-            install(host, deploy, instances=args.instances, start=args.start, dry_run=args.dry_run, out=out)
+            install(host, deploy, instances=args.instances, start=args.start, dry_run=args.dry_run,
+                    preflight=args.preflight, out=out)
         else:
             uninstall(host, purge=args.purge, dry_run=args.dry_run, out=out)
     except GlmttsError as e:

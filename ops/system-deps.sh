@@ -2,6 +2,7 @@
 # Install the Debian packages the test suite needs, only where missing.
 # logrotate: real rotation tests. chromium + chromium-driver: the real-browser UI test.
 # systemd, util-linux (unshare/nsenter): the system tests (present on Debian images).
+# dbus: the system bus `systemd-run --wait` (the install preflight) talks to PID 1 through.
 # fonts-wqy-microhei: Chinese glyphs in the browser screenshots.
 set -euo pipefail
 need=()
@@ -10,6 +11,7 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 [[ -x /lib/systemd/systemd ]] || need+=(systemd)
 command -v unshare >/dev/null || need+=(util-linux)
+[[ -x /usr/bin/dbus-daemon ]] || need+=(dbus)
 command -v ip >/dev/null || need+=(iproute2)
 # A CJK font, so the UI screenshot shows Mandarin text instead of empty boxes.
 [[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]] || need+=(fonts-wqy-microhei)

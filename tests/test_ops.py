@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from glmtts import config, ops
+from glmtts import config, ops, preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_root_tools = pytest.mark.skipif(
@@ -173,3 +173,125 @@ def test_bad_instances_argument_names_the_option(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "glmtts.ops", "install", "--dry-run", "--instances", "a,b"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "--instances takes GPU indexes such as 0,1" in proc.stderr
+
+
+# -- the preflight step, with a recording fake at the Host seam -------------------------------
+
+class FakeHost(ops.Host):
+    """A live host (not --root offline) whose files live under a tmp dir; accounts, chown,
+    systemctl and the preflight command are recorded instead of done."""
+
+    def __init__(self, root, answer=(0, "glmtts-preflight: ok engine espeak loaded in 0.40 s; 'x' -> 0.51 s\n", "")):
+        super().__init__(root)
+        self.offline = False
+        self.ids, self.calls, self.answer = {}, [], answer
+
+    def user_id(self, name):
+        return self.ids.get(("user", name))
+
+    def group_id(self, name):
+        return self.ids.get(("group", name))
+
+    def add_group(self, name):
+        self.ids[("group", name)] = 990
+
+    def add_user(self, name, group, home):
+        self.ids[("user", name)] = 990
+
+    def owner(self, p):
+        return 990, 990, self.path(p).stat().st_mode & 0o7777
+
+    def makedir(self, p, mode, uid, gid):
+        self.path(p).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.path(p), mode)
+
+    def write(self, p, text, mode, uid=0, gid=0):
+        self.path(p).parent.mkdir(parents=True, exist_ok=True)
+        self.path(p).write_text(text)
+        os.chmod(self.path(p), mode)
+
+    def chown(self, p, mode, uid, gid):
+        os.chmod(self.path(p), mode)
+
+    def systemctl(self, *args):
+        self.calls.append(("systemctl",) + args)
+
+    def run_preflight(self, cmd, timeout):
+        self.calls.append(("preflight", cmd, timeout))
+        return self.answer
+
+
+def fake_install(host, *args):
+    out, err = io.StringIO(), io.StringIO()
+    saved, sys.stderr = sys.stderr, err
+    try:
+        rc = ops.main(["install", "--deploy-dir", str(ROOT)] + list(args), host=host, out=out)
+    finally:
+        sys.stderr = saved
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_install_preflights_the_unit_it_wrote_before_enabling_anything(tmp_path):
+    host = FakeHost(tmp_path)
+    rc, out, err = fake_install(host)
+    assert rc == 0, err
+    names = [c[0] if c[0] == "preflight" else " ".join(c[1:]) for c in host.calls]
+    assert names == ["daemon-reload", "preflight", "enable --now glmtts-watchdog.timer"]
+    _, cmd, timeout = host.calls[1]
+    written = (tmp_path / "etc/systemd/system/glmtts.service").read_text()
+    drop_ins = sorted((tmp_path / "etc/systemd/system/glmtts.service.d").glob("*.conf"))
+    derived, _ = preflight.command(preflight.assignments([written] + [p.read_text() for p in drop_ins],
+                                                         "glmtts.service"), "glmtts.service")
+    # the unit pid in --unit= differs per process; everything else is the installed unit's
+    assert [a for a in cmd if not a.startswith("--unit=")] == [a for a in derived if not a.startswith("--unit=")]
+    assert "--property=User=glmtts" in cmd and "--property=ProtectSystem=strict" in cmd
+    assert timeout == 15 * 60 + 30
+    assert "ok      preflight ok (glmtts.service's sandbox: user glmtts, ProtectSystem=strict): engine espeak" in out
+
+
+def test_a_failed_preflight_is_one_line_and_nothing_is_enabled(tmp_path):
+    line = ("glmtts-preflight: FAILED: engine glmtts load() cannot write /venv/tn/x.fst: read-only file system "
+            "(ProtectSystem=strict in glmtts.service leaves only /var/lib/glmtts /var/log/glmtts writable); fix: ...\n")
+    host = FakeHost(tmp_path, answer=(3, "chatter\n" + line, "Traceback ...\nOSError: [Errno 30]\n"))
+    rc, out, err = fake_install(host)
+    assert rc == 3
+    assert err.splitlines() == [
+        "glmtts-ops install: error: preflight FAILED (glmtts.service's sandbox: user glmtts, ProtectSystem=strict): "
+        "engine glmtts load() cannot write /venv/tn/x.fst: read-only file system (ProtectSystem=strict in glmtts.service "
+        "leaves only /var/lib/glmtts /var/log/glmtts writable); fix: ...; then run glmtts-ops install again "
+        "(or --no-preflight to install anyway)"]
+    assert not any(c[:2] == ("systemctl", "enable") for c in host.calls)
+
+
+def test_no_preflight_skips_it_and_says_how_to_check_later(tmp_path):
+    host = FakeHost(tmp_path)
+    rc, out, _ = fake_install(host, "--no-preflight")
+    assert rc == 0 and not any(c[0] == "preflight" for c in host.calls)
+    assert ("skip    preflight (--no-preflight): glmtts.service was not test-loaded; before starting it run "
+            "`glmtts engines check --unit glmtts.service`") in out
+
+
+def test_instances_preflight_the_first_instance(tmp_path):
+    host = FakeHost(tmp_path)
+    assert fake_install(host, "--instances", "2,3")[0] == 0
+    cmd = next(c[1] for c in host.calls if c[0] == "preflight")
+    assert "--property=Environment=CUDA_VISIBLE_DEVICES=2" in cmd and "glmtts@2.service" in cmd
+
+
+def test_dry_run_and_root_say_what_the_preflight_would_do(tmp_path):
+    host = FakeHost(tmp_path)
+    rc, out, _ = fake_install(host, "--dry-run")
+    assert rc == 0 and not any(c[0] == "preflight" for c in host.calls) and list(tmp_path.iterdir()) == []
+    step = next(line for line in out.splitlines() if "preflight" in line)
+    assert step.startswith("would run     preflight: load the configured engine and synthesize once in glmtts.service's "
+                           "sandbox: user glmtts, ProtectSystem=strict")
+    command = out.splitlines()[out.splitlines().index(step) + 1]
+    assert command.strip().startswith("systemd-run --wait --pipe --collect --quiet")
+    rc, out = install(tmp_path, "--dry-run")  # --root: a directory tree, no systemd to run it in
+    assert rc == 0 and ("skip    preflight: --root %s is a directory tree, not this host's systemd" % tmp_path) in out
+
+
+def test_help_describes_the_preflight():
+    text = ops.build_parser()._subparsers._group_actions[0].choices["install"].format_help()
+    assert "--no-preflight" in text and "weights not downloaded yet" in text
+    assert "preflight the engine in the unit's sandbox" in ops.build_parser().format_help()

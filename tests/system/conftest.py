@@ -101,6 +101,9 @@ def private_systemd():
         sd.start()
     except (BootError, OSError) as e:
         unavailable("cannot boot a private systemd here: %s" % e)
+    # the system bus, as on any server: `systemd-run --wait --pipe` (the install preflight)
+    # talks to PID 1 through it, not through the private socket
+    sd.systemctl("start", "dbus.socket", check=False, timeout=30)
     try:
         yield sd
     finally:
