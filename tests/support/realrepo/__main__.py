@@ -1,0 +1,5 @@
+import sys
+
+from .child import main
+
+sys.exit(main())
