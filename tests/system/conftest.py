@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from privsys import BootError, PrivateSystemd  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+# The console scripts beside the interpreter running the tests: this clone's venv, wherever it is.
+TOOLS = Path(sys.executable).parent
 REQUIRE = os.environ.get("GLMTTS_TEST_REQUIRE_SYSTEMD") == "1"
 RESULTS = ROOT / "artifacts" / "recovery.json"
 
@@ -258,7 +260,7 @@ class Deployment:
 def install_glmtts(sd, port, alerts, instances=()):
     """`glmtts-ops install` inside the namespace (the glmtts user is created in its private
     /etc overlay), then the test's config and drop-ins."""
-    args = [str(ROOT / ".venv/bin/glmtts-ops"), "install", "--no-start", "--deploy-dir", str(ROOT)]
+    args = [str(TOOLS / "glmtts-ops"), "install", "--no-start", "--deploy-dir", str(ROOT)]
     if instances:
         args += ["--instances", ",".join(str(i) for i in instances)]
     out = sd.run(args).stdout

@@ -1,6 +1,6 @@
 """A private systemd for system tests: PID 1 of new PID, mount and cgroup namespaces.
 
-The recipe of /work/shared/examples/private-systemd.sh, in Python, plus three things:
+The recipe of shared/examples/private-systemd.sh (the workplace's shared folder), in Python, plus three things:
 
 - /etc is an overlay whose writable layer is a tmpfs inside the namespace, so
   `glmtts-ops install` can really create the glmtts user (useradd) without touching the

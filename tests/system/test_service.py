@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, record_recovery
+from conftest import ROOT, TOOLS, record_recovery
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(600)]
 EXPOSURE_TARGET = 2.5
@@ -181,7 +181,7 @@ def test_port_held_by_a_foreign_process_is_reported_not_killed(deployed):
     finally:
         os.killpg(squatter.pid, signal.SIGKILL)  # nsenter and the python3 it forked
         squatter.wait(10)
-    d.sd.run(["/work/main/.venv/bin/glmtts-watchdog", "resume"], check=False)
+    d.sd.run([str(TOOLS / "glmtts-watchdog"), "resume"], check=False)
     healthy_again(d)
     d.smoke()
 
@@ -214,7 +214,7 @@ def test_crash_loop_hits_the_start_limit_and_is_escalated_once(deployed, alerts)
         assert not any("escalated" in t for t in alerts.texts()[sent2:])
     finally:
         d.write("/etc/glmtts/glmtts.env", "GLMTTS_TEST_FAULT_FILE=/var/lib/glmtts/fault\n", 0o640)
-        d.sd.run(["/work/main/.venv/bin/glmtts-watchdog", "resume"], check=False)
+        d.sd.run([str(TOOLS / "glmtts-watchdog"), "resume"], check=False)
     healthy_again(d)
     d.smoke()
 
