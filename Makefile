@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned: here it resolves to the local CPU wheel, on a CUDA server to the CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install system-deps run test test-fast bench install-system uninstall-system clean
+.PHONY: install system-deps run status stop test test-fast bench install-system uninstall-system clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,16 @@ system-deps:
 
 run: install
 	@bash ops/run-local.sh
+
+# The `make run` instance (./run, or GLMTTS_RUN_DIR). status: supervisorctl status +
+# /healthz; non-zero unless healthy (`bash ops/run-local.sh status` itself: 0 healthy,
+# 1 running but not healthy, 3 not running). stop: supervisord and both programs,
+# cleanly, by its pid file; nothing running is fine.
+status:
+	@bash ops/run-local.sh status
+
+stop:
+	@bash ops/run-local.sh stop
 
 test: install system-deps
 	$(PY) -m pytest -rs

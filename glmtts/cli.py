@@ -28,7 +28,7 @@ def build_parser():
         description="GLM-TTS text-to-speech: library, service and tools. "
                     "Configuration: /etc/glmtts/glmtts.toml (GLMTTS_CONFIG) < GLMTTS_<SECTION>_<KEY> env.")
     parser.add_argument("--version", action="version", version="glmtts %s" % __version__)
-    parser.add_argument("--config", metavar="PATH", help="config file (default: $GLMTTS_CONFIG or /etc/glmtts/glmtts.toml)")
+    parser.add_argument("--config", metavar="PATH", help="config file (default: $GLMTTS_CONFIG, else /etc/glmtts/glmtts.toml, else ./run/glmtts.toml)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         try:

@@ -17,6 +17,11 @@ from types import SimpleNamespace
 from .errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/glmtts/glmtts.toml"
+# Written by `make run` (ops/run-local.sh). Looked up relative to the working directory,
+# and only when GLMTTS_CONFIG is unset and DEFAULT_CONFIG_PATH does not exist, so the
+# tools run from a checkout find its local instance without exports while a server's
+# /etc file always wins.
+LOCAL_RUN_CONFIG = os.path.join("run", "glmtts.toml")
 ENV_PREFIX = "GLMTTS_"
 
 
@@ -58,6 +63,10 @@ def url(value):
     if not re.match(r"https?://[^/\s]+", value):
         raise ValueError("allowed: an http:// or https:// URL")
     return value.rstrip("/")
+
+
+def url_or_empty(value):
+    return url(value) if value else value
 
 
 def absolute_path_or_empty(value):
@@ -139,7 +148,7 @@ SETTINGS = [
     S("batch", "max_tasks", int, 10000, "Most tasks in one batch file.", in_range(1)),
     S("batch", "max_line_bytes", int, 65536, "Longest JSONL line accepted.", in_range(256)),
     # [watchdog]
-    S("watchdog", "url", str, "http://127.0.0.1:7860", "Base URL of the service to probe.", url),
+    S("watchdog", "url", str, "", "Base URL of the service to probe; \"\" = http://server.host:server.port (follows the port; a wildcard host is probed on loopback).", url_or_empty),
     S("watchdog", "unit", str, "glmtts", "systemd unit or supervisord program name of the service."),
     S("watchdog", "instances", list, [], "Extra instances to watch, each \"UNIT=URL\" (e.g. \"glmtts@0=http://127.0.0.1:7860\")."),
     S("watchdog", "manager", str, "auto", "systemd | supervisor | auto.", one_of("systemd", "supervisor", "auto")),
@@ -250,21 +259,26 @@ class Settings:
         """A copy with ``section__key=value`` overrides (validated)."""
         values = dict(self.values)
         sources = dict(self.sources)
+        if values["watchdog.url"] == service_url(values["server.host"], values["server.port"]) \
+                and "watchdog__url" not in overrides:
+            values["watchdog.url"] = ""  # derived: re-derive from the new host/port below
         for k, v in overrides.items():
             name = k.replace("__", ".", 1)
             if name not in _BY_NAME:
                 raise ConfigError("unknown setting %s" % name)
             values[name] = _check(_BY_NAME[name], v, "override")
             sources[name] = "override"
+        _derive(values)
         return Settings(values, sources, self.config_path)
 
 
 def load(path=None, env=None, *, require_file=False):
-    """Build Settings. ``path`` None means $GLMTTS_CONFIG or /etc/glmtts/glmtts.toml
-    (a missing default file is fine: defaults apply). ``env`` defaults to os.environ."""
+    """Build Settings. ``path`` None means default_config_path(): $GLMTTS_CONFIG, else
+    /etc/glmtts/glmtts.toml, else ./run/glmtts.toml (a missing default file is fine:
+    defaults apply). ``env`` defaults to os.environ."""
     env = os.environ if env is None else env
     explicit = path is not None or "GLMTTS_CONFIG" in env
-    path = path if path is not None else env.get("GLMTTS_CONFIG", DEFAULT_CONFIG_PATH)
+    path = path if path is not None else default_config_path(env)
     values = {s.name: s.default for s in SETTINGS}
     sources = {s.name: "default" for s in SETTINGS}
 
@@ -308,9 +322,37 @@ def load(path=None, env=None, *, require_file=False):
         values[setting.name] = _check(setting, raw, "environment %s" % var, from_env=True)
         sources[setting.name] = "env %s" % var
 
+    _derive(values)
     settings = Settings(values, sources, path if data is not None else "")
     _check_combination(settings)
     return settings
+
+
+def default_config_path(env, cwd=None):
+    """$GLMTTS_CONFIG, else /etc/glmtts/glmtts.toml, else ./run/glmtts.toml when it exists
+    (the `make run` instance of the checkout the tool runs from)."""
+    if "GLMTTS_CONFIG" in env:
+        return env["GLMTTS_CONFIG"]
+    if os.path.exists(DEFAULT_CONFIG_PATH):
+        return DEFAULT_CONFIG_PATH
+    local = os.path.join(cwd or os.getcwd(), LOCAL_RUN_CONFIG)
+    return os.path.abspath(local) if os.path.isfile(local) else DEFAULT_CONFIG_PATH
+
+
+def service_url(host, port):
+    """Where a client on this host reaches a service bound to host:port."""
+    if host in ("0.0.0.0", "localhost"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return "http://%s:%d" % ("[%s]" % host if ":" in host else host, port)
+
+
+def _derive(values):
+    # An unset watchdog.url follows server.port, so moving the port (GLMTTS_SERVER_PORT,
+    # an edited config) never leaves the watchdog probing the old one.
+    if not values["watchdog.url"]:
+        values["watchdog.url"] = service_url(values["server.host"], values["server.port"])
 
 
 def _check_combination(settings):
@@ -374,5 +416,8 @@ def show(settings, mask_secrets=True):
             value = settings.values[s.name]
             if mask_secrets and value and s.key in ("api_keys", "api_key", "urls"):
                 value = ["****"] * len(value) if isinstance(value, list) else "****"
-            out.append("%s = %s  # from %s" % (s.key, _toml_value(value), settings.sources[s.name]))
+            origin = settings.sources[s.name]
+            if s.name == "watchdog.url" and value == service_url(settings.server.host, settings.server.port):
+                origin += " (follows server.port)"
+            out.append("%s = %s  # from %s" % (s.key, _toml_value(value), origin))
     return "\n".join(out) + "\n"

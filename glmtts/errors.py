@@ -13,6 +13,11 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_ENGINE_LOAD = 3  # the model could not load: retried with backoff, then crash_loop
 EXIT_PORT_IN_USE = 4  # someone else holds our port: retrying will not help by itself
+# The CUDA context is lost (illegal memory access, device-side assert): nothing in this
+# process can use the GPU again, but a fresh process can, so the manager must restart it.
+# sysexits' EX_TEMPFAIL ("try again later"); no unit's RestartPreventExitStatus and no
+# supervisord `exitcodes` list it, so Restart=always / autorestart=unexpected restart it.
+EXIT_CUDA_LOST = 75
 EXIT_CONFIG = 78
 
 
@@ -88,10 +93,13 @@ class EngineOOMError(EngineError):
 
 class CudaFatalError(EngineError):
     """The CUDA context is gone (illegal address, device-side assert): only a process
-    restart recovers. The service reports itself failed so the watchdog restarts it."""
+    restart recovers. The service answers what it holds with this error, then exits
+    with EXIT_CUDA_LOST so its manager starts a fresh process."""
 
     code = "cuda_fatal"
     http_status = 503
+    # A client may retry once the manager has restarted us: RestartSec (5) plus a start-up.
+    retry_after = 10
 
 
 class MemoryPressureError(EngineError):

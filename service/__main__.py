@@ -3,7 +3,8 @@
 Order: validate config -> bind the port (fail fast) -> start serving /healthz (503
 "loading") -> load the engine and warm it up -> READY. Exit codes tell a supervisor
 whether retrying can help: 78 configuration error (it cannot, until a human edits the
-config), 3 engine load failure, 4 port in use.
+config), 3 engine load failure, 4 port in use, 75 CUDA context lost (a fatal CUDA error at
+run time: a fresh process recovers, so the manager must restart it).
 """
 
 import argparse
@@ -13,8 +14,27 @@ import logging
 import os
 import socket
 import sys
+import threading
+import time
 
 log = logging.getLogger("glmtts_service")
+
+# After a lost CUDA context, the in-flight responses are written within milliseconds;
+# a connection still open after this long (a stuck stream, an idle UI socket) is not
+# worth keeping a dead process up for the whole graceful-shutdown timeout.
+CUDA_LOST_DEADLINE_S = 2.0
+
+
+def _exit_now(code):
+    """Leave without interpreter finalization: atexit handlers (torch's, the thread pool's
+    joins) may touch the lost CUDA context or wait on a thread stuck in it."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def build_parser():
@@ -23,8 +43,8 @@ def build_parser():
         description="Run the glmtts service in the foreground: HTTP API + Gradio UI on one port "
                     "(server.host:server.port, default 127.0.0.1:7860). Access lines go to stdout, "
                     "errors to stderr; SIGHUP reopens both log files. Exit codes: 78 config error, "
-                    "3 engine load failure, 4 port in use.")
-    p.add_argument("--config", metavar="PATH", help="config file (default: $GLMTTS_CONFIG or /etc/glmtts/glmtts.toml)")
+                    "3 engine load failure, 4 port in use, 75 CUDA context lost (restart it).")
+    p.add_argument("--config", metavar="PATH", help="config file (default: $GLMTTS_CONFIG, else /etc/glmtts/glmtts.toml, else ./run/glmtts.toml)")
     return p
 
 
@@ -45,7 +65,7 @@ def bind_socket(host, port):
 def serve(config_path=None):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from glmtts import config, engines
-    from glmtts.errors import EXIT_CONFIG, EXIT_PORT_IN_USE, ConfigError, GlmttsError
+    from glmtts.errors import EXIT_CONFIG, EXIT_CUDA_LOST, EXIT_PORT_IN_USE, ConfigError, GlmttsError
 
     from . import logs
 
@@ -85,16 +105,49 @@ def serve(config_path=None):
     runtime = app.state.runtime
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
                                            timeout_graceful_shutdown=10, server_header=False))
-    runtime.request_exit = lambda code: setattr(server, "should_exit", True)
+
+    def request_exit(code):
+        server.should_exit = True
+        if code == EXIT_CUDA_LOST:
+            deadline = threading.Timer(CUDA_LOST_DEADLINE_S, _exit_now, (code,))
+            deadline.daemon = True
+            deadline.start()
+
+    runtime.request_exit = request_exit
     log.info("glmtts %s listening on http://%s:%d (engine %s loading)", runtime.version, settings.server.host,
              settings.server.port, settings.engine.name)
     server.run(sockets=[sock])
+    if runtime.exit_code == EXIT_CUDA_LOST:
+        _exit_now(EXIT_CUDA_LOST)
     return runtime.exit_code or 0
+
+
+# supervisord counts a program that exits within `startsecs` as a failed start and
+# retries it (BACKOFF, then FATAL) whatever its exit code: only a program that lived
+# startsecs has its `exitcodes` honoured. So an exit that retrying cannot fix (78, 4)
+# waits out GLMTTS_STARTSECS, which ops/supervisord.conf sets to its startsecs; under
+# systemd (RestartPreventExitStatus=78 4) it is unset and nothing waits.
+UNRETRYABLE_EXITS = (78, 4)  # EXIT_CONFIG, EXIT_PORT_IN_USE
+STARTED_MONO = time.monotonic()
+
+
+def hold_unretryable_exit(code, env=os.environ, sleep=time.sleep, now=time.monotonic):
+    if code not in UNRETRYABLE_EXITS or not env.get("GLMTTS_STARTSECS"):
+        return 0.0
+    try:
+        left = float(env["GLMTTS_STARTSECS"]) + 1.0 - (now() - STARTED_MONO)
+    except ValueError:
+        return 0.0
+    if left > 0:
+        sleep(left)
+    return max(left, 0.0)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return serve(args.config)
+    code = serve(args.config)
+    hold_unretryable_exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -1,18 +1,24 @@
 """GET /healthz, /livez, /readyz: facts from memory only (never inference, never a
 blocking call), so they answer fast while synthesis saturates the machine.
 
-/healthz: 200 only when status is ok. /livez: is the process worth keeping (503 only
-when failed or wedged: a restart would help). /readyz: may it take traffic (= ok)."""
+/healthz: 200 only when status is ok; its `pid` and `instance_id` (new in every process)
+say which process answered, so `make run` never takes another server on the port for the
+one its supervisord started. /livez: is the process worth keeping (503 only when failed
+or wedged: a restart would help). /readyz: may it take traffic (= ok)."""
+
+import os
+import uuid
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 router = APIRouter()
+INSTANCE_ID = uuid.uuid4().hex
 
 
 @router.get("/healthz")
 async def healthz(request: Request):
-    body = request.app.state.runtime.health()
+    body = dict(request.app.state.runtime.health(), pid=os.getpid(), instance_id=INSTANCE_ID)
     return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
 

@@ -12,7 +12,7 @@ import threading
 import time
 
 from glmtts import __version__, gpu
-from glmtts.errors import EXIT_ENGINE_LOAD, GlmttsError
+from glmtts.errors import EXIT_CUDA_LOST, EXIT_ENGINE_LOAD, GlmttsError
 
 from .limits import Limits
 from .metrics import Metrics
@@ -43,6 +43,7 @@ class Runtime:
         self.version = __version__
         self.metrics = Metrics()
         self.worker = Worker(engine, settings, metrics=self.metrics, clock=clock)
+        self.worker.on_cuda_lost = self._cuda_lost
         self.metrics.bind_worker(self.worker)
         self.limits = Limits(settings)
         self.voices = VoiceStore(os.path.join(settings.paths.state_dir, "voices"))
@@ -98,6 +99,13 @@ class Runtime:
         self.exit_code = code
         if self.request_exit and self._loop:
             self._loop.call_soon_threadsafe(self.request_exit, code)
+
+    def _cuda_lost(self):
+        # No CUDA call can succeed in this process again; waiting for systemd's WatchdogSec
+        # (or, in a container, for nothing) would only prolong the outage.
+        log.critical("CUDA context lost: exiting with code %d so that the service manager starts a fresh process",
+                     EXIT_CUDA_LOST)
+        self.exit(EXIT_CUDA_LOST)
 
     # -- the event loop's duties -------------------------------------------------------
 

@@ -9,7 +9,9 @@ work calls ``job.beat()`` as it makes progress (each audio chunk), which is how
 
 CUDA failures are classified here, once, for every caller: an OOM releases memory and
 becomes EngineOOMError (503, the service stays up); a fatal CUDA error marks the
-service failed (only a restart recovers, so /healthz says so and the watchdog acts).
+service failed, answers every queued job with CudaFatalError (503) without touching
+the engine again, and calls ``on_cuda_lost`` once (the runtime then exits the process,
+so its manager starts a fresh one: the context cannot be recovered in-process).
 """
 
 import asyncio
@@ -88,6 +90,8 @@ class Worker:
         self.last_error = None
         self.load_seconds = None
         self.warmup_seconds = None
+        self.on_cuda_lost = None  # callable(), called once, on the worker thread
+        self.cuda_lost = None     # the first fatal CUDA error's line, once the context is gone
 
     # -- state ------------------------------------------------------------------------
 
@@ -181,6 +185,8 @@ class Worker:
         Raises NotReadyError (503) while loading/failed, QueueFullError (429) when
         ``limits.max_queue`` interactive requests already wait. Batch work is not
         bounded here: the batch runner submits one task at a time."""
+        if self.cuda_lost:
+            raise self._lost_error()
         if self.state != OK:
             raise NotReadyError("service not ready (%s): %s" % (self.state, self.reason))
         with self._cond:
@@ -264,6 +270,9 @@ class Worker:
                 if self._stopping:
                     return
                 job = heapq.heappop(self._heap)
+                if self.cuda_lost:  # queued before the loss: the engine must not run again
+                    job.future.set_exception(self._lost_error())
+                    continue
                 if job.cancelled:
                     job.future.set_exception(Cancelled("request abandoned before it started"))
                     continue
@@ -282,6 +291,34 @@ class Worker:
                     self.metrics.job_seconds.labels(PRIORITY_NAMES.get(job.priority, "other")).observe(elapsed)
                 if self.settings.gpu.clear_after_request and self.state == OK:
                     self._clear_quietly()
+
+    def _lose_cuda(self, exc):
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        with self._cond:
+            first = self.cuda_lost is None
+            if first:
+                self.cuda_lost = first_line[:300]
+                queued, self._heap = self._heap, []
+        if not first:
+            # Other in-flight jobs fail on the same dead context: the cause is logged once.
+            log.warning("another in-flight job failed on the lost CUDA context")
+            return self._lost_error()
+        log.critical("fatal CUDA error: the CUDA context is unusable, only a new process recovers", exc_info=exc)
+        self.last_error = "cuda_fatal: %s" % self.cuda_lost
+        if self.metrics:
+            self.metrics.fatal.inc()
+        self.fail(self.last_error + " (the process exits for its manager to restart it)")
+        for job in queued:
+            job.future.set_exception(self._lost_error())
+        if self.on_cuda_lost is not None:
+            self.on_cuda_lost()
+        return CudaFatalError("fatal CUDA error: %s; the service is restarting, retry shortly" % first_line)
+
+    def _lost_error(self):
+        # Deliberately not the CUDA text: only the genuine traceback should match the
+        # watchdog's cuda_fatal signature, once, not one line per waiting request.
+        return CudaFatalError("the GPU context was lost by an earlier request; the service is restarting, "
+                              "retry shortly")
 
     def _clear_quietly(self):
         try:
@@ -303,12 +340,7 @@ class Worker:
             return EngineOOMError("CUDA out of memory: %s; memory was released, retry later, with shorter text "
                                   "or at 24000 Hz" % str(exc).splitlines()[0][:200])
         if kind == "fatal":
-            log.critical("fatal CUDA error: the CUDA context is unusable, only a restart recovers", exc_info=exc)
-            self.last_error = "cuda_fatal: %s" % str(exc).splitlines()[0][:300]
-            if self.metrics:
-                self.metrics.fatal.inc()
-            self.fail(self.last_error + " (restart the service)")
-            return CudaFatalError("fatal CUDA error: %s; the service must be restarted" % str(exc).splitlines()[0])
+            return self._lose_cuda(exc)
         if isinstance(exc, GlmttsError):
             if exc.http_status >= 500:
                 self.last_error = "%s: %s" % (exc.code, exc)

@@ -187,14 +187,57 @@ def test_port_in_use_exits_4_naming_the_port(tmp_path):
         holder.close()
 
 
-def test_cuda_fatal_marks_the_service_failed(tmp_path):
-    with ServiceProcess(tmp_path, {"GLMTTS_TEST_FAULT": "cuda_fatal"}, engine=FAULT_ENGINE) as svc:
+def test_cuda_fatal_answers_in_flight_and_queued_503_then_exits_75(tmp_path):
+    from glmtts.errors import EXIT_CUDA_LOST
+    from glmtts.watchdog import signatures
+
+    fault = tmp_path / "fault"
+    fault.write_text("")
+    svc = ServiceProcess(tmp_path, {"GLMTTS_TEST_FAULT_FILE": str(fault), "GLMTTS_LIMITS_MAX_CONCURRENCY": "1",
+                                    "GLMTTS_LIMITS_MAX_QUEUE": "4"}, engine=FAULT_ENGINE)
+    answers = {}
+
+    def ask(name):
+        r = svc.post("/v1/audio/speech", json={"input": TEXT}, timeout=30)
+        answers[name] = (time.monotonic(), r)
+
+    def until(fact, what):
+        deadline = time.monotonic() + 10
+        while not fact(svc.get("/healthz").json()):
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    with svc:
         svc.start()  # the warm-up never faults, so it becomes ready first
-        r = svc.post("/v1/audio/speech", json={"input": TEXT})
-        assert r.status_code == 503 and r.json()["error"]["code"] == "cuda_fatal"
-        h = svc.get("/healthz")
-        assert h.status_code == 503
-        assert h.json()["status"] == "failed" and "illegal memory access" in h.json()["reason"]
-        assert "RuntimeError: CUDA error: an illegal memory access was encountered" in svc.stderr()
-        r = svc.post("/v1/audio/speech", json={"input": TEXT})
-        assert r.status_code == 503 and "restart" in r.json()["error"]["message"]
+        fault.write_text("slow:4\n")  # holds the one worker while two more requests queue behind it
+        threads = [threading.Thread(target=ask, args=(name,)) for name in ("slow", "fatal", "queued")]
+        threads[0].start()
+        until(lambda h: h["in_flight"] == 1, "the slow request never started")
+        fault.write_text("cuda_fatal\n")  # read by the next job, once the slow one is done
+        threads[1].start()
+        until(lambda h: h["queue_depth"] == 1, "the second request never queued")
+        threads[2].start()
+        until(lambda h: h["queue_depth"] == 2, "the third request never queued")
+        for t in threads:
+            t.join(30)
+
+        assert answers["slow"][1].status_code == 200
+        for name in ("fatal", "queued"):
+            r = answers[name][1]
+            assert r.status_code == 503 and r.json()["error"]["code"] == "cuda_fatal", (name, r.text)
+            assert int(r.headers["Retry-After"]) >= 1, name
+        assert "illegal memory access" in answers["fatal"][1].json()["error"]["message"]
+
+        # It exits by itself, promptly: not after the 10 s graceful timeout, nor WatchdogSec.
+        assert svc.wait_exit(15) == EXIT_CUDA_LOST
+        exited_after = time.monotonic() - answers["fatal"][0]
+        assert exited_after < 5, "exited %.1f s after answering" % exited_after
+
+    err = svc.stderr()
+    assert err.count("Traceback (most recent call last)") == 1, err[-4000:]  # the genuine one only
+    assert "RuntimeError: CUDA error: an illegal memory access was encountered" in err
+    assert err.count("CUDA context lost: exiting with code %d" % EXIT_CUDA_LOST) == 1, err[-4000:]
+    assert "Exception in thread" not in err and "Task exception was never retrieved" not in err, err[-4000:]
+    # The watchdog still recognises the genuine line in error.log as cuda_fatal.
+    assert any("cuda_fatal" in signatures.classify(line) for line in err.splitlines()
+               if line.startswith("RuntimeError: CUDA error"))

@@ -229,6 +229,20 @@ def test_segfault_is_detected_and_recovered(rig):
     assert main_pid(rig) != pid
 
 
+def test_cuda_fatal_exits_75_is_restarted_by_supervisord_and_recorded(rig):
+    pid = main_pid(rig)
+    rig.set_fault("cuda_fatal")
+    rig.request_in_background()
+    rig.wait_for("log/supervisord.log", "exited: glmtts (exit status 75; not expected)")
+    rig.set_fault("")
+    rig.wait_healthy()  # supervisord alone brought it back, before any watchdog cycle
+    assert main_pid(rig) not in (None, pid)
+    rep = rig.wd.check()
+    inc = assert_recovered(rig, rep, "cuda-fatal", "cuda_fatal")
+    assert "unexpected_exit" in inc["signatures"]
+    assert [s["status"] for s in inc["steps"] if s["action"] == "restart"] == ["skipped"], inc["steps"]
+
+
 def test_quiet_cycle_after_recoveries_is_ok(rig):
     rep = rig.wd.check()
     assert rep.code == EXIT_OK, rep.summary()

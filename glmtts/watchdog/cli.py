@@ -10,6 +10,7 @@ import threading
 
 from .. import config
 from ..errors import GlmttsError
+from .states import GuardState
 
 EPILOG = """exit codes of check (Nagios plugin convention): 0 OK, 1 WARNING (an incident was
 handled or only warned about), 2 CRITICAL (remediation failed, or escalated and waiting
@@ -18,6 +19,11 @@ Runbooks: runbooks/README.md. Incidents: <paths.state_dir>/incidents.jsonl."""
 
 
 def build_parser():
+    # `--dry-run` is accepted after the verb too (`check --dry-run`, `runbook exec ID --dry-run`);
+    # SUPPRESS keeps a verb that does not repeat it from resetting the global one.
+    verb = argparse.ArgumentParser(add_help=False)
+    verb.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
+                      help="observe and decide, but only describe actions")
     p = argparse.ArgumentParser(prog="glmtts-watchdog", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Watch the glmtts service: probe /healthz, scan logs for failure signatures, "
                                             "run the matching runbook, verify with a smoke test, record and alert.")
@@ -25,32 +31,32 @@ def build_parser():
     p.add_argument("--dry-run", action="store_true", help="observe and decide, but only describe actions")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (repeat for debug)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("check", help="one cycle (what the systemd timer runs); one-line summary, Nagios exit code")
-    sub.add_parser("run", help="cycle every watchdog.interval_s until SIGTERM (hosts without systemd)")
-    d = sub.add_parser("diagnose", help="triage report for a human: unit, /healthz, port owner, log matches, GPU, disk, incidents")
+    sub.add_parser("check", parents=[verb], help="one cycle (what the systemd timer runs); one-line summary, Nagios exit code")
+    sub.add_parser("run", parents=[verb], help="cycle every watchdog.interval_s until SIGTERM (hosts without systemd)")
+    d = sub.add_parser("diagnose", parents=[verb], help="triage report for a human: unit, /healthz, port owner, log matches, GPU, disk, incidents")
     d.add_argument("--json", action="store_true")
-    rb = sub.add_parser("runbook", help="list | show ID | exec ID")
+    rb = sub.add_parser("runbook", parents=[verb], help="list | show ID | exec ID")
     rbs = rb.add_subparsers(dest="rb_command", metavar="ACTION")
-    rbs.add_parser("list", help="runbooks and their triggers")
-    show = rbs.add_parser("show", help="print a runbook")
+    rbs.add_parser("list", parents=[verb], help="runbooks and their triggers")
+    show = rbs.add_parser("show", parents=[verb], help="print a runbook")
     show.add_argument("id")
-    ex = rbs.add_parser("exec", help="run a runbook's steps now (records an incident)")
+    ex = rbs.add_parser("exec", parents=[verb], help="run a runbook's steps now (records an incident; "
+                                                      "--dry-run only describes the steps)")
     ex.add_argument("id")
     ex.add_argument("--unit", help="instance to act on (default: watchdog.unit)")
-    ex.add_argument("--dry-run", dest="exec_dry_run", action="store_true", help="only describe the steps")
     ex.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    inc = sub.add_parser("incidents", help="recent incidents from incidents.jsonl")
+    inc = sub.add_parser("incidents", parents=[verb], help="recent incidents from incidents.jsonl")
     inc.add_argument("--last", type=int, default=10, metavar="N")
     inc.add_argument("--json", action="store_true", help="one JSON object per line")
-    res = sub.add_parser("resume", help="re-arm automation after an escalation")
+    res = sub.add_parser("resume", parents=[verb], help="re-arm automation after an escalation")
     res.add_argument("--unit", help="only this instance (default: all)")
     return p
 
 
-def _watchdog(args, **kw):
+def _watchdog(args, dry_run=False, **kw):
     from .cycle import Watchdog
     settings = config.load(args.config)
-    return Watchdog(settings, dry_run=args.dry_run or kw.pop("dry_run", False), **kw)
+    return Watchdog(settings, dry_run=args.dry_run or dry_run, **kw)
 
 
 def cmd_check(args):
@@ -107,7 +113,7 @@ def cmd_runbook(args):
         with open(rb.path, encoding="utf-8") as f:
             sys.stdout.write(f.read())
         return 0
-    dry = args.dry_run or args.exec_dry_run
+    dry = args.dry_run
     if not dry and not args.yes:
         if not sys.stdin.isatty():
             raise GlmttsError("refusing to run %s without --yes (stdin is not a terminal)" % rb.id)
@@ -142,7 +148,13 @@ def cmd_incidents(args):
 
 
 def cmd_resume(args):
-    done = _watchdog(args).resume(args.unit)
+    wd = _watchdog(args)
+    if wd.dry_run:
+        would = [u for u, g in wd.load_state().section("guards").items()
+                 if (args.unit is None or u == args.unit) and g.get("state") == GuardState.ESCALATED]
+        print("dry run: would re-arm: %s" % (", ".join(would) if would else "nothing is escalated"))
+        return 0
+    done = wd.resume(args.unit)
     if done is None:
         raise GlmttsError("another watchdog cycle holds the lock; try again in a moment")
     print("re-armed: %s" % (", ".join(done) if done else "nothing was escalated"))
