@@ -13,7 +13,6 @@ import math
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from .errors import AudioError, InputError, NotAudioError
 
@@ -117,6 +116,11 @@ def resample(audio, sr_from, sr_to):
     if sr_from == sr_to or audio.size == 0:
         return audio.copy() if audio.size else audio
     g = math.gcd(sr_from, sr_to)
+    # Imported here, not at the top: scipy.signal brings scipy.stats along (about 1.3 s on a
+    # 2-core VM), which every `import glmtts.audio` (the service's routes, the tools) would
+    # otherwise pay; an engine that resamples pays it once, in its load().
+    from scipy.signal import resample_poly
+
     out = resample_poly(audio.astype(np.float64), sr_to // g, sr_from // g)
     return out.astype(np.float32)
 

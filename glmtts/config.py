@@ -129,7 +129,7 @@ SETTINGS = [
     S("limits", "max_concurrency", int, 1, "Syntheses at once (per GPU).", in_range(1, 64)),
     S("limits", "max_queue", int, 16, "Waiting requests before 429.", in_range(0, 10000)),
     S("limits", "request_timeout_s", float, 300.0, "A synthesis that takes longer is abandoned with 504.", in_range(1)),
-    S("limits", "worker_stall_s", float, 60.0, "A synthesis that makes no progress (no audio chunk) for this long means the worker is wedged: /healthz says degraded and sd_notify heartbeats stop.", in_range(1)),
+    S("limits", "worker_stall_s", float, 60.0, "A synthesis that makes no progress (no audio chunk) for this long means the worker is wedged: /healthz says degraded and sd_notify heartbeats stop (systemd restarts it: back within this + 30 s with the shipped units). Keep it above your GPU's slowest chunk: a chunk is at most engine.max_chunk_chars (80) characters, about 20 s of speech, so 60 s tolerates a real-time factor of 3. A long chunk never delays the heartbeat itself.", in_range(1)),
     S("limits", "max_text_chars", int, 2000, "Longest input text accepted per request.", in_range(1)),
     S("limits", "max_upload_mb", float, 20.0, "Largest upload accepted (reference audio, batch file).", in_range(0.01)),
     S("limits", "min_reference_s", float, 2.0, "Shortest reference audio accepted.", in_range(0.1)),

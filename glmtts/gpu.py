@@ -126,21 +126,19 @@ def nvml_status(nvml=None):
 
 
 def _torch_if_present():
-    """torch only if something already imported it, or it imports; None otherwise."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        try:
-            import torch
-        except ImportError:
-            return None
-    return torch
+    """torch only if this process already imported it, else None. Never imports it: an
+    engine that puts tensors on the GPU has imported torch itself (in its load()), and
+    one that has not (espeak) holds no CUDA memory, so importing torch here would only
+    add seconds to every start-up and hundreds of MB to the process."""
+    return sys.modules.get("torch")
 
 
 def torch_memory(torch=None):
     """This process's CUDA caching-allocator figures per device."""
     torch = torch or _torch_if_present()
     if torch is None:
-        return {"cuda_available": False, "reason": "torch is not installed", "devices": []}
+        return {"cuda_available": False, "reason": "torch is not loaded in this process (the engine does not use it)",
+                "devices": []}
     try:
         available = torch.cuda.is_available()
     except Exception as e:  # a broken driver can make even the query raise

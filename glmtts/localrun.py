@@ -7,7 +7,9 @@ need is written into the run directory, so nothing has to be exported afterwards
   checkout (glmtts.config.default_config_path: ./run/glmtts.toml);
 - `supervisord.conf`: ops/supervisord.conf with its %(ENV_...)s variables filled in,
   rewritten on every `make run`; glmtts.toml's watchdog.supervisor_conf names it, so
-  supervisorctl (and the watchdog's supervisor manager) need no environment.
+  supervisorctl (and the watchdog's supervisor manager) need no environment;
+- `watchdog.token`: created once, 0600 (the service and the watchdog run as the same
+  user here); the watchdog's identity, see glmtts/watchdog_token.py.
 
 The ready check trusts /healthz only when it is answered by the pid supervisord started
 for program glmtts: another server on the port is a failure, never "ready".
@@ -26,7 +28,7 @@ import time
 import urllib.error
 import urllib.request
 
-from . import config
+from . import config, watchdog_token
 from .errors import EXIT_PORT_IN_USE, ConfigError
 
 PROGRAM = "glmtts"
@@ -153,6 +155,11 @@ def prepare(rundir, port=None, out=sys.stdout):
         if new != text:
             write_atomic(rundir.toml, new)
             out.write("glmtts: %s: %s\n" % (rundir.toml, "; ".join(notes)))
+    token = os.path.join(rundir.run, watchdog_token.FILENAME)  # beside glmtts.toml, where both sides look
+    if not os.path.exists(token):
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # the service and watchdog run as us
+        with os.fdopen(fd, "w") as f:
+            f.write(watchdog_token.new_token() + "\n")
     with open(os.path.join(rundir.root, "ops", "supervisord.conf")) as f:
         template = f.read()
     write_atomic(rundir.conf, render_supervisor_conf(template, rundir.env()))

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from . import preflight as preflight_mod
+from . import watchdog_token
 from .preflight import PreflightError
 from .errors import EXIT_FAILURE, GlmttsError
 
@@ -36,6 +37,7 @@ UNIT_DIR = "/etc/systemd/system"
 LOGROTATE_FILE = "/etc/logrotate.d/glmtts"
 ETC_DIR = "/etc/glmtts"
 CONFIG_FILE = "/etc/glmtts/glmtts.toml"
+TOKEN_FILE = "/etc/glmtts/" + watchdog_token.FILENAME  # beside CONFIG_FILE, where both sides look
 LOG_DIR = "/var/log/glmtts"
 STATE_DIR = "/var/lib/glmtts"
 BASE_PORT = 7860
@@ -329,6 +331,17 @@ def install(host, deploy_dir, *, instances=(), start=True, dry_run=False, prefli
             example = example.replace("instances = []", "instances = [%s]" % watched, 1)
         plan.do("create  %s from ops/glmtts.toml.example (root:%s 0640)" % (CONFIG_FILE, GROUP),
                 lambda: host.write(CONFIG_FILE, example, 0o640, 0, resolve_gid()))
+    # the watchdog's identity towards the service (glmtts/watchdog_token.py): readable by
+    # root (the watchdog) and the glmtts group (the service) only; kept across installs
+    if host.exists(TOKEN_FILE):
+        if not dry_run and host.owner(TOKEN_FILE) != (0, resolve_gid(), 0o640):
+            plan.do("fix     %s -> root:%s 0640" % (TOKEN_FILE, GROUP),
+                    lambda: host.chown(TOKEN_FILE, 0o640, 0, resolve_gid()))
+        else:
+            plan.ok("%s exists (kept)" % TOKEN_FILE)
+    else:
+        plan.do("create  %s (root:%s 0640, the watchdog's identity)" % (TOKEN_FILE, GROUP),
+                lambda: host.write(TOKEN_FILE, watchdog_token.new_token() + "\n", 0o640, 0, resolve_gid()))
     for n in instances:
         env = "%s/instance-%d.env" % (ETC_DIR, n)
         if host.exists(env):

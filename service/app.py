@@ -1,7 +1,9 @@
 """create_app(settings, engine): the FastAPI app with every route, the Gradio UI at "/".
 
 Adding a feature is one line: a router in ROUTERS, a start-up step in
-``runtime.on_ready`` (runs after the warm-up, before READY=1), a UI tab in ui.TABS."""
+``runtime.on_ready`` (runs after the warm-up, before READY=1), a UI tab in ui.TABS.
+
+Nothing here imports gradio (or torch): the UI is built after READY (uigate.py)."""
 
 import contextlib
 
@@ -15,6 +17,7 @@ from . import batch_routes
 from .access import AccessMiddleware
 from .limits import LimitsMiddleware
 from .runtime import Runtime
+from .uigate import UiGate, start_building
 
 ROUTERS = [health.router, metrics.router, speech.router, models.router, voices.router, admin.router]
 ROUTERS.append(batch_routes.router)
@@ -52,7 +55,13 @@ def create_app(settings, engine, *, runtime=None, notifier=None, reopener=None):
     app.add_middleware(LimitsMiddleware, limits=runtime.limits, metrics=runtime.metrics)
     app.add_middleware(AccessMiddleware, metrics=runtime.metrics)
     if settings.server.ui:
-        from . import ui  # gradio is heavy: only when the UI is on
-
-        ui.mount(app, runtime)
+        runtime.ui = UiGate()
+        app.mount("/", runtime.ui)
+        runtime.after_ready.append(lambda rt: start_building(rt.ui, rt, _build_ui, rt.loop))
     return app
+
+
+def _build_ui(runtime):
+    from . import ui  # gradio: seconds of imports, paid after READY on the UI's own thread
+
+    return ui.build_app(runtime)

@@ -1,7 +1,12 @@
 """Who may call, how often, and how much: API keys (Authorization: Bearer) on every
 route but the health routes, a per-client rate limit, upload size, text length and a
 blocklist of words the service refuses to speak. Voice ids are generated here and
-validated before any use, so no user-supplied name ever becomes a path."""
+validated before any use, so no user-supplied name ever becomes a path.
+
+The watchdog's requests carry the per-host watchdog token (glmtts/watchdog_token.py):
+on the routes of its lane (WATCHDOG_LANE) a valid token stands in for an API key and
+skips the per-client rate limit, so the watchdog is never refused by the service it
+guards. A wrong token counts as no token."""
 
 import collections
 import hmac
@@ -11,6 +16,7 @@ import secrets
 import threading
 import time
 
+from glmtts import watchdog_token
 from glmtts.errors import InputError, NotFoundError, TooLargeError
 
 from .errors import AuthError, RateLimitError, error_response
@@ -23,6 +29,10 @@ HEALTH_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
 KEYED_PREFIXES = ("/v1/", "/admin/", "/metrics", "/docs", "/redoc", "/openapi.json")
 # Routes that cost a synthesis, counted by the rate limit (the batch router adds its own).
 RATE_LIMITED = {("POST", "/v1/audio/speech"), ("POST", "/v1/voices")}
+# What the watchdog calls besides the health routes: its smoke test.
+WATCHDOG_LANE = {("POST", "/v1/audio/speech")}
+WATCHDOG_HEADER = watchdog_token.HEADER.lower()
+BAD_TOKEN_LOG_EVERY_S = 60.0
 
 VOICE_ID = re.compile(r"^voice_[0-9a-f]{12}$")
 
@@ -88,6 +98,27 @@ class Limits:
         self.max_upload = int(settings.limits.max_upload_mb * 1024 * 1024)
         self.max_text = settings.limits.max_text_chars
         self.blocklist = load_blocklist(settings.server.blocklist_file)
+        self.clock = clock
+        self.watchdog_token_path = watchdog_token.path_for(settings)
+        self._watchdog_token = watchdog_token.read(self.watchdog_token_path)
+        self._bad_token_logged_at = None
+        if self._watchdog_token:
+            log.info("watchdog lane on: requests with the token from %s skip the rate limit and the queue limit",
+                     self.watchdog_token_path)
+
+    def is_watchdog(self, presented, client="-"):
+        """True only for the exact token. Anything else is an ordinary client; the value
+        presented is never logged, only that a wrong one came (at most once a minute)."""
+        if self._watchdog_token and hmac.compare_digest(presented.strip().encode("utf-8", "replace"),
+                                                        self._watchdog_token.encode()):
+            return True
+        now = self.clock()
+        if self._bad_token_logged_at is None or now - self._bad_token_logged_at >= BAD_TOKEN_LOG_EVERY_S:
+            self._bad_token_logged_at = now
+            log.warning("a request from %s carried a %s header that is not this host's watchdog token (%s); "
+                        "treated as an ordinary client", client, watchdog_token.HEADER,
+                        "no token file" if not self._watchdog_token else self.watchdog_token_path)
+        return False
 
     def key_ok(self, presented):
         return any(hmac.compare_digest(presented.encode(), k.encode()) for k in self.keys)
@@ -126,11 +157,14 @@ class LimitsMiddleware:
             return await self.app(scope, receive, send)
         path, method = scope["path"], scope["method"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        client = scope.get("client") or ("-", 0)
+        lane = (method, path) in WATCHDOG_LANE and WATCHDOG_HEADER in headers \
+            and self.limits.is_watchdog(headers[WATCHDOG_HEADER], client[0])
+        scope.setdefault("state", {})["watchdog"] = lane
         try:
-            if path.startswith(KEYED_PREFIXES):
+            if path.startswith(KEYED_PREFIXES) and not lane:
                 self.limits.check_auth(headers.get("authorization", ""))
-            if (method, path) in RATE_LIMITED:
-                client = scope.get("client") or ("-", 0)
+            if (method, path) in RATE_LIMITED and not lane:
                 self.limits.rate.check(client[0])
             length = headers.get("content-length", "")
             if length.isdigit() and int(length) > self.limits.max_upload:

@@ -3,11 +3,13 @@ limits, saved voices, the sd_notify link and the log reopener, plus the backgrou
 duties of the event loop (heartbeat, SIGHUP reopen, GPU figures).
 
 ``on_ready`` hooks run in the loader thread after the warm-up, before READY=1 (the
-batch router appends its resume step there)."""
+batch router appends its resume step there); ``after_ready`` hooks run after READY=1
+(the UI is built there, so no restart waits for gradio)."""
 
 import asyncio
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -51,6 +53,8 @@ class Runtime:
         self.reopener = reopener
         self.started_mono = clock()
         self.on_ready = []
+        self.after_ready = []
+        self.ui = None  # uigate.UiGate when server.ui is on
         self.ready = threading.Event()
         self.exit_code = None
         self.request_exit = None  # set by __main__: callable(code), called on the loop
@@ -59,6 +63,11 @@ class Runtime:
         self._loop = None
         self._tasks = []
         self._withheld = False
+
+    @property
+    def loop(self):
+        """The event loop serving HTTP (None before start())."""
+        return self._loop
 
     # -- life cycle (FastAPI lifespan) -------------------------------------------------
 
@@ -73,13 +82,16 @@ class Runtime:
         self.worker.stop()
         for t in self._tasks:
             t.cancel()
+        if self.ui is not None:
+            await self.ui.close()
         log.info("service stopping")
 
     def _load(self):
         self.notifier.status("loading engine %s" % self.settings.engine.name)
         try:
-            # First GPU query here, before the engine: it may import torch, and a torch import
-            # racing another thread's scipy call breaks that call ("partially initialized module").
+            # First GPU query here, before the engine and before the GPU refresher starts: NVML
+            # only (gpu.py never imports torch; an engine that needs torch imports it in load(),
+            # and a torch import racing another thread's scipy call breaks that call).
             self._set_gpu(_gpu_status())
             self.worker.load()
             for hook in self.on_ready:
@@ -89,10 +101,18 @@ class Runtime:
                 log.error("engine load failed: %s", e)
             else:
                 log.error("engine load failed: %s: %s", type(e).__name__, e, exc_info=e)
+            # Without this `systemctl status` keeps showing "loading engine ..." for a
+            # process that has given up; the reason is what the operator needs there.
+            self.notifier.status("engine load failed: %s" % (e if isinstance(e, GlmttsError) else "%s: %s" % (type(e).__name__, e)))
             self.exit(EXIT_ENGINE_LOAD)
             return
         self.ready.set()
         self.notifier.ready("ready: engine %s" % self.settings.engine.name)
+        for hook in self.after_ready:
+            try:
+                hook(self)
+            except Exception as e:  # after READY nothing here may take the service down
+                log.error("after-ready step %r failed: %s", hook, e, exc_info=e)
 
     def exit(self, code):
         """Ask the server to shut down and the process to exit with ``code``."""
@@ -105,6 +125,7 @@ class Runtime:
         # (or, in a container, for nothing) would only prolong the outage.
         log.critical("CUDA context lost: exiting with code %d so that the service manager starts a fresh process",
                      EXIT_CUDA_LOST)
+        self.notifier.status("CUDA context lost: exiting with code %d for a fresh process" % EXIT_CUDA_LOST)
         self.exit(EXIT_CUDA_LOST)
 
     # -- the event loop's duties -------------------------------------------------------
@@ -161,4 +182,6 @@ class Runtime:
             "gpu": self.gpu_status,
             "last_error": self.worker.last_error,
             "version": self.version,
+            "ui": self.ui.state if self.ui is not None else "off",
+            "torch_loaded": "torch" in sys.modules,
         }

@@ -22,7 +22,7 @@ from glmtts.engines.base import SynthesisRequest
 from glmtts.errors import InputError, NotAudioError
 
 from .errors import SynthesisTimeout, ValidationFailed
-from .worker import INTERACTIVE
+from .worker import INTERACTIVE, WATCHDOG
 
 log = logging.getLogger(__name__)
 
@@ -168,11 +168,15 @@ async def speech(request: Request):
     runtime = request.app.state.runtime
     raw, upload, from_form = await _read_body(request)
     p = parse_params(raw, runtime.settings, supported_rates(runtime.engine), from_form=from_form)
-    synth = build_request(runtime, p, upload)
+    # Decoding an upload and encoding the answer (mp3/flac of minutes of audio) take seconds
+    # on a slow CPU: off the event loop, which also sends systemd's WATCHDOG=1 pings.
+    synth = await asyncio.to_thread(build_request, runtime, p, upload)
+    # LimitsMiddleware marks a request that carried the valid watchdog token
+    priority = WATCHDOG if request.scope.get("state", {}).get("watchdog") else INTERACTIVE
     if p["stream"]:
-        return await _stream(runtime, synth, p["response_format"])
-    result = await runtime.worker.wait(runtime.worker.synthesize(synth, INTERACTIVE))
-    body = audiolib.encode(result.audio, result.sample_rate, p["response_format"])
+        return await _stream(runtime, synth, p["response_format"], priority)
+    result = await runtime.worker.wait(runtime.worker.synthesize(synth, priority))
+    body = await asyncio.to_thread(audiolib.encode, result.audio, result.sample_rate, p["response_format"])
     return Response(body, media_type=audiolib.media_type(p["response_format"]), headers=_headers(runtime, result))
 
 
@@ -203,10 +207,10 @@ def _chunk_bytes(part, fmt):
     return buf.getvalue()
 
 
-async def _stream(runtime, synth, fmt):
+async def _stream(runtime, synth, fmt, priority=INTERACTIVE):
     loop = asyncio.get_running_loop()
     items = asyncio.Queue()
-    job = runtime.worker.synthesize(synth, INTERACTIVE,
+    job = runtime.worker.synthesize(synth, priority,
                                     on_chunk=lambda part: loop.call_soon_threadsafe(items.put_nowait, ("chunk", part)))
     job.future.add_done_callback(lambda f: loop.call_soon_threadsafe(items.put_nowait, ("done", f)))
     deadline = loop.time() + runtime.settings.limits.request_timeout_s

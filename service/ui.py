@@ -177,10 +177,16 @@ def build(runtime):
     return demo
 
 
-def mount(app, runtime):
+def build_app(runtime):
+    """The Gradio UI as an ASGI app: (shell, app). Mounted on a FastAPI shell of its own, not
+    on the service's app, because it is built after the service is already serving (see
+    uigate.py); the shell carries Gradio's lifespan, which UiGate.open runs."""
+    from fastapi import FastAPI
+
     demo = build(runtime)
     auth = (lambda user, password: runtime.limits.key_ok(password or "")) if runtime.limits.keys else None
-    gr.mount_gradio_app(app, demo, path="/", auth=auth, ssr_mode=False, show_error=True,
+    shell = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    gr.mount_gradio_app(shell, demo, path="/", auth=auth, ssr_mode=False, show_error=True,
                         max_file_size="%dmb" % max(1, int(runtime.settings.limits.max_upload_mb)),
                         footer_links=["api"])
-    return demo
+    return shell, shell.routes[-1].app

@@ -6,6 +6,7 @@ voice skips decoding and feature extraction. Ids are generated (voice_<12 hex>) 
 validated before every use; the user's name is only metadata. A voice appears by one
 atomic rename of a complete directory, so a crash never leaves half a voice."""
 
+import asyncio
 import json
 import logging
 import os
@@ -171,11 +172,13 @@ async def post_voice(request: Request):
     if upload is None or isinstance(upload, str):
         raise InputError("prompt_audio is required: attach the reference recording as a file")
     data = await upload.read()
-    audio, sr, text, name = _check_upload(runtime, form.get("name"), form.get("prompt_text"), data)
+    # decoding and resampling an upload is seconds of CPU: off the loop that sends WATCHDOG=1
+    audio, sr, text, name = await asyncio.to_thread(_check_upload, runtime, form.get("name"),
+                                                    form.get("prompt_text"), data)
     job = runtime.worker.submit(lambda engine, j: engine.prepare_prompt(audio, sr, text), INTERACTIVE)
     feats = await runtime.worker.wait(job)
-    meta = runtime.voices.create(name=name, prompt_text=text, audio=audio, sample_rate=sr, features=feats,
-                                   engine_setting=runtime.settings.engine.name)
+    meta = await asyncio.to_thread(runtime.voices.create, name=name, prompt_text=text, audio=audio, sample_rate=sr,
+                                   features=feats, engine_setting=runtime.settings.engine.name)
     return JSONResponse(meta, status_code=201)
 
 

@@ -32,8 +32,13 @@ from .errors import NotReadyError, QueueFullError, SynthesisTimeout
 
 log = logging.getLogger(__name__)
 
-INTERACTIVE, BATCH = 0, 1
-PRIORITY_NAMES = {INTERACTIVE: "interactive", BATCH: "batch"}
+# WATCHDOG: the watchdog's smoke test (a request carrying the watchdog token). It goes
+# before everything waiting and is not counted against limits.max_queue, so a busy
+# service with a full queue still proves itself healthy instead of being escalated as
+# broken; it gets WATCHDOG_SLOTS places of its own so a leaked token cannot flood the queue.
+WATCHDOG, INTERACTIVE, BATCH = -1, 0, 1
+PRIORITY_NAMES = {WATCHDOG: "watchdog", INTERACTIVE: "interactive", BATCH: "batch"}
+WATCHDOG_SLOTS = 2
 
 # States (worker.state); transitions only through Worker._transition.
 LOADING, OK, FAILED = "loading", "ok", "failed"
@@ -183,14 +188,22 @@ class Worker:
     def submit(self, fn, priority=INTERACTIVE):
         """Queue ``fn(engine, job)``; returns the Job (``job.future`` has the result).
         Raises NotReadyError (503) while loading/failed, QueueFullError (429) when
-        ``limits.max_queue`` interactive requests already wait. Batch work is not
-        bounded here: the batch runner submits one task at a time."""
+        ``limits.max_queue`` interactive requests already wait (WATCHDOG work has its
+        own WATCHDOG_SLOTS instead). Batch work is not bounded here: the batch runner
+        submits one task at a time."""
         if self.cuda_lost:
             raise self._lost_error()
         if self.state != OK:
             raise NotReadyError("service not ready (%s): %s" % (self.state, self.reason))
         with self._cond:
-            if priority == INTERACTIVE:
+            if priority == WATCHDOG:
+                waiting = sum(1 for j in self._heap if j.priority == WATCHDOG and not j.cancelled)
+                if waiting >= WATCHDOG_SLOTS:
+                    if self.metrics:
+                        self.metrics.rejected.labels("watchdog_lane_full").inc()
+                    raise QueueFullError("watchdog lane full: %d smoke tests already waiting" % waiting,
+                                         retry_after=int(self._mean_job_s) + 1)
+            elif priority == INTERACTIVE:
                 waiting = sum(1 for j in self._heap if j.priority == INTERACTIVE and not j.cancelled)
                 if waiting >= self.max_queue and len(self._running) + waiting >= self.concurrency:
                     retry = int(self._mean_job_s * (waiting + 1) / self.concurrency) + 1

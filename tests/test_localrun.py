@@ -105,3 +105,17 @@ def test_an_explicit_or_etc_config_wins_over_run(tmp_path, monkeypatch):
     assert config.load(env={"GLMTTS_CONFIG": ""}).server.port == 7860
     etc.write_text("[server]\nport = 7948\n")
     assert config.load(env={}).server.port == 7948
+
+
+def test_prepare_writes_the_watchdog_token_once_beside_the_config(rundir):
+    import os
+    import stat
+    from glmtts import watchdog_token
+    localrun.prepare(rundir, 7931)
+    path = Path(rundir.run) / "watchdog.token"
+    token = watchdog_token.read(str(path))
+    assert len(token) >= watchdog_token.MIN_LENGTH
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert watchdog_token.path_for(config.load(rundir.toml, env={})) == str(path)
+    localrun.prepare(rundir, 7931)
+    assert watchdog_token.read(str(path)) == token

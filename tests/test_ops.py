@@ -295,3 +295,21 @@ def test_help_describes_the_preflight():
     text = ops.build_parser()._subparsers._group_actions[0].choices["install"].format_help()
     assert "--no-preflight" in text and "weights not downloaded yet" in text
     assert "preflight the engine in the unit's sandbox" in ops.build_parser().format_help()
+
+
+@needs_root_tools
+def test_install_writes_the_watchdog_token_once_readable_by_root_and_the_service(tree):
+    from glmtts import watchdog_token
+    assert install(tree)[0] == 0
+    gid = int(next(e for e in (tree / "etc/group").read_text().splitlines() if e.startswith("glmtts:")).split(":")[2])
+    token_file = tree / "etc/glmtts/watchdog.token"
+    assert owner(token_file) == (0, gid, 0o640)
+    token = watchdog_token.read(str(token_file))
+    assert len(token) >= watchdog_token.MIN_LENGTH
+    # beside the config, where both the service and the watchdog look
+    s = config.load(path=str(tree / "etc/glmtts/glmtts.toml"), env={})
+    assert watchdog_token.path_for(s) == str(token_file)
+    os.chmod(token_file, 0o644)
+    rc, out = install(tree)
+    assert rc == 0 and "fix     /etc/glmtts/watchdog.token -> root:glmtts 0640" in out, out
+    assert owner(token_file) == (0, gid, 0o640) and watchdog_token.read(str(token_file)) == token  # kept

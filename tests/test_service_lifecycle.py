@@ -3,7 +3,6 @@ real service process."""
 
 import http.client
 import json
-import os
 import socket
 import statistics
 import threading
@@ -166,10 +165,17 @@ def test_public_bind_without_keys_is_refused_with_78(tmp_path):
 
 
 def test_engine_load_failure_exits_3_with_the_reason(tmp_path):
-    svc = ServiceProcess(tmp_path, engine="tests.plugins.faults:BrokenEngine")
-    svc.start(wait=False)
-    assert svc.wait_exit(60) == 3
-    assert "ckpt/missing.safetensors not found" in svc.stderr()
+    notify = NotifySocket(str(tmp_path / "notify.sock"))
+    try:
+        svc = ServiceProcess(tmp_path, {"NOTIFY_SOCKET": notify.path}, engine="tests.plugins.faults:BrokenEngine")
+        svc.start(wait=False)
+        assert svc.wait_exit(60) == 3
+        assert "ckpt/missing.safetensors not found" in svc.stderr()
+        # what `systemctl status` shows as Status: the reason, not a stale "loading engine ..."
+        [last] = [m for _, m in notify.messages if m.startswith("STATUS=")][-1:]
+        assert last.startswith("STATUS=engine load failed: ") and "ckpt/missing.safetensors not found" in last, last
+    finally:
+        notify.close()
 
 
 def test_port_in_use_exits_4_naming_the_port(tmp_path):

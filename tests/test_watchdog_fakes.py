@@ -45,6 +45,7 @@ class FakeManager:
         self.state = state
         self.pid = pid
         self.on_restart = on_restart
+        self.unit_times = {}     # what times() answers: main_exited_at, active_since
 
     def status(self, unit):
         return UnitStatus(unit, self.name, self.state, self.state.upper(), self.pid, None)
@@ -66,6 +67,22 @@ class FakeManager:
 
     def unit_pids(self, unit):
         return [self.pid] if self.pid else []
+
+    def times(self, unit):
+        return dict(self.unit_times)
+
+    def account(self, lines, unit):
+        """The manager's account of the unit: ``account_lines`` parsed in supervisord's or
+        systemd's words (``account_as``), so a test can tell the cycle what the manager said."""
+        from glmtts.watchdog.managers import MANAGERS
+        return MANAGERS[self.account_as](None).account(list(lines) + self.account_lines, unit) if self.account_lines else []
+
+    account_lines = []
+    account_as = "systemd"
+
+    @staticmethod
+    def account_filter():
+        return None
 
     def manager_logs(self):
         return []

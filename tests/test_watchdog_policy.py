@@ -188,8 +188,18 @@ def test_crash_mid_cycle_leaves_consistent_state(rig):
     probe_lock = CycleLock(wd.lock_path)
     assert probe_lock.acquire()  # and the lock is free again
     probe_lock.release()
+    [inc] = incidents(s)  # journaled ahead: open, with the step that was under way
+    assert inc["state"] == "remediating" and inc["outcome"] is None
+    assert inc["current_step"]["action"] == "restart" and [st["action"] for st in inc["steps"]] == [
+        "capture_diagnostics", "kill_unit_processes"]
     mgr.on_restart = None
     srv.status_code = 200
+    rep = wd.check()  # the next cycle closes it, says so, and does not restart again
+    assert rep.code == EXIT_WARNING and "interrupted" in rep.summary(), rep.summary()
+    assert mgr.calls == [("restart", "glmtts")]
+    [inc] = incidents(s)
+    assert inc["outcome"] == "interrupted" and "during step restart" in inc["reason"]
+    assert inc["interruption"]["probe"]["verdict"] == "healthy" and inc["service_back_at"] is not None
     assert wd.check().code == EXIT_OK
 
 

@@ -13,7 +13,9 @@ import time
 import pytest
 import requests
 
-from glmtts.watchdog.cycle import EXIT_OK, Watchdog
+from glmtts.watchdog.actions.capture_diagnostics import DIAGNOSTICS_PROBE_S
+from glmtts.watchdog import diagnose
+from glmtts.watchdog.cycle import EXIT_OK, EXIT_WARNING, Watchdog
 from glmtts.watchdog.host import Host
 from glmtts.watchdog.incidents import IncidentLog
 from glmtts.watchdog.managers import SupervisorManager
@@ -180,19 +182,37 @@ def main_pid(r):
     return r.wd.manager.status("glmtts").main_pid
 
 
+def diagnosed(r):
+    """The runbook `glmtts-watchdog diagnose` names now (it must be the one the cycle then runs)."""
+    return diagnose.report(r.wd)["instances"][0]["runbook_id"]
+
+
+def records(r):
+    return IncidentLog(os.path.join(r.root, "state", "incidents.jsonl")).read()
+
+
+def supervisorctl(r, *args):
+    return subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", r.conf] + list(args),
+                          capture_output=True, text=True, timeout=120)
+
+
 def test_kill_9_is_detected_and_recovered(rig):
     pid = main_pid(rig)
     os.kill(pid, signal.SIGKILL)
     rig.wait_for("log/supervisord.log", "terminated by SIGKILL")
+    said = diagnosed(rig)
     rep = rig.wd.check()
-    assert_recovered(rig, rep, "service-down", "unexpected_exit")
+    inc = assert_recovered(rig, rep, "service-down", "unexpected_exit")
     assert main_pid(rig) != pid
+    assert said == inc["runbook"]
 
 
 def test_sigstop_hang_is_detected_and_recovered(rig):
     pid = main_pid(rig)
+    sup_offset = len(rig.read("log/supervisord.log"))
     os.kill(pid, signal.SIGSTOP)
     try:
+        said = diagnosed(rig)
         rep = rig.wd.check()
     finally:
         try:
@@ -200,9 +220,19 @@ def test_sigstop_hang_is_detected_and_recovered(rig):
         except ProcessLookupError:
             pass
     inc = assert_recovered(rig, rep, "service-down", "unhealthy")
+    assert said == inc["runbook"]
     killed = [s for s in inc["steps"] if s["action"] == "kill_unit_processes"][0]
     assert killed["status"] == "ok" and pid in killed["data"]["pids"]
     assert main_pid(rig) != pid
+    # One restart: supervisord respawned the killed process, so the restart step stood down.
+    assert rig.read("log/supervisord.log")[sup_offset:].count("spawned: 'glmtts'") == 1
+    [restart] = [s for s in inc["steps"] if s["action"] == "restart"]
+    assert restart["status"] == "skipped" and "already replaced" in restart["detail"], restart
+    # Diagnostics probe the hung process once, briefly (DIAGNOSTICS_PROBE_S), not for probe_timeout_s.
+    [diag] = [s for s in inc["steps"] if s["action"] == "capture_diagnostics"]
+    assert diag["duration_s"] < DIAGNOSTICS_PROBE_S + 1.5, diag
+    assert inc["fault_at"] <= inc["detected_at"] - 2.0  # the first failed probe's start, before its timeout
+    assert inc["outage_s"] is not None and inc["verification_s"] is not None
 
 
 def test_cuda_oom_then_wedge_is_detected_and_recovered(rig):
@@ -213,9 +243,11 @@ def test_cuda_oom_then_wedge_is_detected_and_recovered(rig):
     while requests.get(rig.url + "/healthz", timeout=5).status_code == 200 and time.monotonic() < deadline:
         time.sleep(0.3)
     rig.set_fault("")
+    said = diagnosed(rig)
     rep = rig.wd.check()
     inc = assert_recovered(rig, rep, "cuda-oom", "cuda_oom")
     assert "unhealthy" in inc["signatures"]
+    assert said == inc["runbook"]
 
 
 def test_segfault_is_detected_and_recovered(rig):
@@ -224,8 +256,9 @@ def test_segfault_is_detected_and_recovered(rig):
     rig.request_in_background()
     rig.wait_for("log/supervisord.log", "terminated by SIGSEGV")
     rig.set_fault("")
+    said = diagnosed(rig)
     rep = rig.wd.check()
-    assert_recovered(rig, rep, "segfault", "segfault")
+    assert said == assert_recovered(rig, rep, "segfault", "segfault")["runbook"]
     assert main_pid(rig) != pid
 
 
@@ -237,10 +270,35 @@ def test_cuda_fatal_exits_75_is_restarted_by_supervisord_and_recorded(rig):
     rig.set_fault("")
     rig.wait_healthy()  # supervisord alone brought it back, before any watchdog cycle
     assert main_pid(rig) not in (None, pid)
+    said = diagnosed(rig)
     rep = rig.wd.check()
     inc = assert_recovered(rig, rep, "cuda-fatal", "cuda_fatal")
+    assert said == inc["runbook"]
     assert "unexpected_exit" in inc["signatures"]
     assert [s["status"] for s in inc["steps"] if s["action"] == "restart"] == ["skipped"], inc["steps"]
+
+
+def test_supervisorctl_restart_and_stop_are_planned_not_incidents(rig):
+    before, alerts = len(records(rig)), len(rig.rx.received)
+    pid = main_pid(rig)
+    r = supervisorctl(rig, "restart", "glmtts")
+    assert "glmtts: started" in r.stdout, r.stdout + r.stderr
+    rig.wait_healthy()
+    assert main_pid(rig) != pid
+    assert diagnosed(rig) is None
+    rep = rig.wd.check()
+    assert rep.code == EXIT_OK and "glmtts: planned restart" in rep.summary(), rep.summary()
+    [rec] = records(rig)[before:]
+    assert rec["kind"] == "planned" and rec["outcome"] == "planned" and "stopped: glmtts" in rec["reason"], rec
+
+    supervisorctl(rig, "stop", "glmtts")
+    rep = rig.wd.check()  # left stopped: the operator's doing, reported, not undone
+    assert rep.code == EXIT_WARNING and "stopped (by an operator)" in rep.summary(), rep.summary()
+    assert main_pid(rig) is None and [r["what"] for r in records(rig)[-1]["planned"]] == ["stop"]
+    assert len(records(rig)) == before + 2 and len(rig.rx.received) == alerts  # nobody was paged
+    supervisorctl(rig, "start", "glmtts")
+    rig.wait_healthy()
+    assert rig.wd.check().code == EXIT_OK
 
 
 def test_quiet_cycle_after_recoveries_is_ok(rig):

@@ -137,10 +137,11 @@ def cmd_incidents(args):
         if args.json:
             print(json.dumps(inc, ensure_ascii=False, sort_keys=True))
         else:
-            ttr = inc.get("time_to_recover_s")
-            print("%s  %-10s %-28s %-10s %-12s %s%s" % (
-                inc.get("detected_at_iso"), inc.get("unit"), "+".join(inc.get("signatures", [])) or "(manual)",
-                inc.get("outcome"), inc.get("runbook") or "-", "ttr %.1fs " % ttr if ttr is not None else "",
+            times = "".join("%s %.1fs " % (label, inc[k]) for label, k in (("outage", "outage_s"), ("verify", "verification_s"))
+                            if inc.get(k) is not None)
+            print("%s  %-10s %-28s %-11s %-12s %s%s" % (
+                inc.get("detected_at_iso"), inc.get("unit"), "+".join(inc.get("signatures", [])) or "(%s)" % (inc.get("kind") or "manual"),
+                inc.get("outcome") or "open:%s" % inc.get("state"), inc.get("runbook") or "-", times,
                 inc.get("reason", "")[:100]))
     if not items and not args.json:
         print("no incidents recorded in %s" % incidents_path(settings))

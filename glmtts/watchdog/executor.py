@@ -5,14 +5,18 @@ asks for a human (escalate) ends everything. A runbook is verified when its last
 smoke_test passed. Common step parameters: ``when: unhealthy`` runs the step only if a
 quick probe still fails (the service may have come back by itself), ``if_xid: [...]``
 only if the incident carries one of those Xid codes.
+
+The incident is journaled before each step (``current_step``) and after it, so a
+watchdog killed mid-step leaves a record of what was done and what was under way.
 """
 
 import logging
 
-from .actions import ACTIONS, DRY_RUN, ESCALATE, FAILED, SKIPPED, StepResult
+from .actions import DRY_RUN, ESCALATE, FAILED, SKIPPED, StepResult, resolve
+from .incidents import Lifecycle
 from .probe import UNHEALTHY
 from .signatures import xid_of
-from .states import IncidentState, incident_transition
+from .states import IncidentState
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +30,13 @@ def incident_xids(incident):
     return out
 
 
-def _run_step(step, ctx, section):
+def _run_step(step, ctx, section, index):
     clock = ctx.host.clock
     params = dict(step.params)
     when = params.pop("when", "always")
     if_xid = params.pop("if_xid", None)
+    ctx.incident.current_step = {"section": section, "index": index, "action": step.action, "started_at": clock.now()}
+    ctx.lifecycle.save(ctx.incident)
     t0 = clock.monotonic()
     if if_xid is not None and not set(if_xid) & set(incident_xids(ctx.incident)):
         result = StepResult(SKIPPED, "no Xid %s in this incident" % if_xid)
@@ -38,7 +44,7 @@ def _run_step(step, ctx, section):
         result = StepResult(SKIPPED, "service is not unhealthy (any more); step not needed")
     else:
         try:
-            result = ACTIONS[step.action]()(ctx, **params)
+            result = resolve(step.action)()(ctx, **params)
         except Exception as e:  # an action bug must not kill the cycle: record it as a failure
             log.exception("action %s crashed", step.action)
             result = StepResult(FAILED, "action crashed: %s: %s" % (type(e).__name__, e))
@@ -48,6 +54,8 @@ def _run_step(step, ctx, section):
     if result.data:
         rec["data"] = result.data
     ctx.incident.steps.append(rec)
+    ctx.incident.current_step = None
+    ctx.lifecycle.save(ctx.incident)
     lvl = logging.WARNING if result.status in (FAILED, ESCALATE) else logging.INFO
     log.log(lvl, "%s %s step %s: %s %s", ctx.instance.unit, section, step.action, result.status, result.detail)
     return result
@@ -56,8 +64,8 @@ def _run_step(step, ctx, section):
 def _run_steps(steps, ctx, section):
     """'ok' | 'failed' | 'escalate', and whether a smoke test passed last."""
     verified = None
-    for step in steps:
-        result = _run_step(step, ctx, section)
+    for i, step in enumerate(steps):
+        result = _run_step(step, ctx, section, i)
         if result.status == ESCALATE:
             ctx.incident.reason = result.detail
             return "escalate", verified
@@ -70,24 +78,28 @@ def _run_steps(steps, ctx, section):
 
 
 def execute(runbook, ctx):
-    """Run runbook for ctx.incident (already OPENED); leave it in a terminal state."""
+    """Run runbook for ctx.incident (already OPENED); leave it in a terminal state.
+    Its state changes go through ctx.lifecycle (journal, alerts); none given: in memory only."""
     inc = ctx.incident
+    if ctx.lifecycle is None:
+        ctx.lifecycle = Lifecycle(clock=ctx.host.clock.now)
+    lc = ctx.lifecycle
     inc.runbook, inc.runbook_path, inc.escalate = runbook.id, runbook.path, runbook.escalate
-    incident_transition(inc, IncidentState.REMEDIATING, "runbook %s" % runbook.id)
+    lc.advance(inc, IncidentState.REMEDIATING, "runbook %s" % runbook.id)
     # A smoke test that fails is a failed step, so "ok" always means verified (or no
     # smoke test in the runbook, e.g. bad-batch run by hand).
     outcome, verified = _run_steps(runbook.steps, ctx, "steps")
     if outcome == "failed" and runbook.on_failure:
         inc.verified_at = None
         outcome, verified = _run_steps(runbook.on_failure, ctx, "on_failure")
+    inc.ended_at = ctx.host.clock.now()
     if ctx.dry_run:
-        incident_transition(inc, IncidentState.DRY_RUN, "dry run: nothing was changed")
+        lc.advance(inc, IncidentState.DRY_RUN, "dry run: nothing was changed")
     elif outcome == "escalate":
-        incident_transition(inc, IncidentState.ESCALATED, inc.reason)
+        lc.advance(inc, IncidentState.ESCALATED, inc.reason)
     elif outcome == "failed":
-        incident_transition(inc, IncidentState.FAILED, inc.reason)
+        lc.advance(inc, IncidentState.FAILED, inc.reason)
     else:
         inc.reason = "verified by the smoke test" if verified else "steps completed"
-        incident_transition(inc, IncidentState.RECOVERED, inc.reason)
-    inc.ended_at = ctx.host.clock.now()
+        lc.advance(inc, IncidentState.RECOVERED, inc.reason)
     return inc

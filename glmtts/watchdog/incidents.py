@@ -1,16 +1,31 @@
-"""Incidents: what was seen, what was done, how it ended. One JSON object per line in
-paths.state_dir/incidents.jsonl, appended with a single write and fsync'd, so a reader
-(or a crash) never sees half a record."""
+"""Incidents: what was seen, what was done, how it ended.
+
+paths.state_dir/incidents.jsonl is a write-ahead journal: an incident is appended when it
+opens (before any action or alert) and again, whole, at every change (each state, each
+step started and finished). Each record is one JSON line written with a single write and
+fsync'd, so a reader (or a crash) never sees half a record. Readers fold the journal:
+the last record of an id is that incident's latest state (``IncidentLog.read``). An
+incident whose latest record is not terminal was left open by a cycle that died; the
+next cycle closes it as ``interrupted`` (cycle.py).
+
+Times, all wall-clock epoch seconds: ``fault_at`` the earliest trustworthy evidence (the
+manager's own exit time, a log line's own time, the start of the first failed probe);
+``service_back_at`` when the service answered healthy again (the manager's ready time of
+the new process, else the first healthy probe); ``verified_at`` the smoke test. Outage
+is service_back_at - fault_at, verification verified_at - service_back_at."""
 
 import json
+import logging
 import os
 import re
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from . import signatures
-from .states import IncidentState
+from .states import INCIDENT_TERMINAL, IncidentState, incident_transition
+
+log = logging.getLogger(__name__)
 
 
 _ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL|FATAL)\b|\b[A-Z]\w*Error\b|\bfailed\b")
@@ -42,9 +57,15 @@ class Incident:
     runbook_path: str = None
     steps: list = field(default_factory=list)         # [{"action","params","status","detail","duration_s","section"}]
     diagnostics: dict = field(default_factory=dict)
-    fault_at: float = None                             # earliest evidence of the fault
+    fault_at: float = None                             # earliest trustworthy evidence of the fault
+    service_back_at: float = None                      # the service answered healthy again
     verified_at: float = None                          # smoke test passed
     ended_at: float = None
+    times_from: dict = field(default_factory=dict)     # which evidence each time came from
+    current_step: dict = None                          # the step running when this record was written
+    cycle_pid: int = None                              # the watchdog process that owns it while open
+    interruption: dict = None                          # what the next cycle found (outcome interrupted)
+    follows: str = None                                # the interrupted incident this one continues
     reason: str = ""                                   # why this outcome
     escalate: str = ""                                 # runbook's words on whom to page
     manual: bool = False                               # started by `runbook exec`
@@ -64,11 +85,51 @@ class Incident:
         return sev
 
     @property
+    def start(self):
+        return self.fault_at if self.fault_at is not None else self.detected_at
+
+    @property
+    def outage_s(self):
+        """Fault to healthy again: what clients lived through."""
+        if self.service_back_at is None:
+            return None
+        return round(max(0.0, self.service_back_at - self.start), 3)
+
+    @property
+    def verification_s(self):
+        """Healthy again to the watchdog's smoke test: the watchdog's own delay, not the outage."""
+        if self.verified_at is None or self.service_back_at is None:
+            return None
+        return round(max(0.0, self.verified_at - self.service_back_at), 3)
+
+    @property
     def time_to_recover_s(self):
+        """Fault to verified (outage + verification), kept for readers of older records."""
         if self.verified_at is None or self.state != IncidentState.RECOVERED:
             return None
-        start = self.fault_at if self.fault_at is not None else self.detected_at
-        return round(max(0.0, self.verified_at - start), 3)
+        return round(max(0.0, self.verified_at - self.start), 3)
+
+    def note_time(self, name, t, source):
+        """Set fault_at (earliest wins) or service_back_at (earliest after the fault wins)."""
+        if t is None:
+            return
+        cur = getattr(self, name)
+        if name == "service_back_at" and t < self.start:
+            return
+        if cur is None or t < cur:
+            setattr(self, name, t)
+            self.times_from[name] = source
+
+    def timing(self):
+        """'outage 15.2 s, verified 3.1 s later' (the parts that are known)."""
+        parts = []
+        if self.outage_s is not None:
+            parts.append("outage %.1f s" % self.outage_s)
+        if self.verification_s is not None:
+            parts.append("verified %.1f s later" % self.verification_s)
+        elif self.time_to_recover_s is not None:
+            parts.append("verified %.1f s after the fault" % self.time_to_recover_s)
+        return ", ".join(parts)
 
     def last_error_line(self):
         """The line a human wants first: the last error in the service's own log tail
@@ -85,13 +146,20 @@ class Incident:
         s = "%s: %s -> %s" % (self.unit, sigs, self.state)
         if self.runbook:
             s += " (runbook %s)" % self.runbook
-        if self.time_to_recover_s is not None:
-            s += ", recovered in %.1f s" % self.time_to_recover_s
+        timing = self.timing()
+        if timing:
+            s += ", %s" % timing
         if self.reason and self.state != IncidentState.RECOVERED:
             s += ": %s" % self.reason
         if not long:
             return s
         lines = [s, "incident %s detected %s" % (self.id, iso(self.detected_at))]
+        for name in ("fault_at", "service_back_at", "verified_at"):
+            if getattr(self, name) is not None:
+                src = self.times_from.get(name)
+                lines.append("%s %s%s" % (name, iso(getattr(self, name)), " (%s)" % src[:200] if src else ""))
+        if self.follows:
+            lines.append("continues interrupted incident %s" % self.follows)
         err = self.last_error_line()
         if err:
             lines.append("last error: %s" % err[:500])
@@ -110,11 +178,18 @@ class Incident:
     def to_dict(self):
         d = asdict(self)
         d["severity"] = self.severity
+        d["outage_s"] = self.outage_s
+        d["verification_s"] = self.verification_s
         d["time_to_recover_s"] = self.time_to_recover_s
-        d["outcome"] = self.state
-        for k in ("detected_at", "fault_at", "verified_at", "ended_at"):
+        d["outcome"] = self.state if self.state in INCIDENT_TERMINAL else None
+        for k in ("detected_at", "fault_at", "service_back_at", "verified_at", "ended_at"):
             d[k + "_iso"] = iso(d[k])
         return d
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def new_id(unit, now):
@@ -136,20 +211,105 @@ class IncidentLog:
         finally:
             os.close(fd)
 
-    def read(self, last=None):
-        """Incident dicts, oldest first; ``last`` keeps only the newest N. Lines that do
-        not parse (a disk that filled mid-write) are skipped."""
+    def records(self):
+        """Every journal record, in order. Lines that do not parse (a disk that filled
+        mid-write) are skipped."""
         out = []
         try:
             with open(self.path, encoding="utf-8", errors="replace") as f:
                 for line in f:
                     try:
-                        out.append(json.loads(line))
+                        rec = json.loads(line)
                     except ValueError:
                         continue
+                    if isinstance(rec, dict):
+                        out.append(rec)
         except FileNotFoundError:
             return []
+        return out
+
+    def read(self, last=None):
+        """One dict per incident (its latest record), oldest opened first; ``last`` keeps
+        only the newest N."""
+        out = fold(self.records())
         return out[-last:] if last else out
+
+    def open_incidents(self, unit=None):
+        """Incidents whose latest record is not terminal: left open by a cycle that died
+        (or, while a cycle runs, its own)."""
+        return [d for d in self.read() if d.get("state") not in INCIDENT_TERMINAL
+                and (unit is None or d.get("unit") == unit)]
+
+
+def fold(records):
+    """The latest record of each incident id, in the order the incidents opened."""
+    latest, order = {}, []
+    for rec in records:
+        key = rec.get("id")
+        if key not in latest:
+            order.append(key)
+        latest[key] = rec
+    return [latest[k] for k in order]
+
+
+class Lifecycle:
+    """The one place an incident changes state. Each change is journaled before its
+    effects (alerts, the guard), so a watchdog killed at any point leaves a record the
+    next cycle can close; a dry run journals and alerts nothing.
+
+    ``on_enter`` maps a state to extra effects, called with the incident after the
+    journal write (the cycle registers the guard's escalation there); ``closing`` runs
+    before a terminal state is journaled, so the closing record and alert carry the
+    final times and what the remediation itself caused."""
+
+    ALERT_AS = {IncidentState.REMEDIATING: "opened", IncidentState.RECOVERED: IncidentState.RECOVERED,
+                IncidentState.FAILED: IncidentState.FAILED, IncidentState.ESCALATED: IncidentState.ESCALATED,
+                IncidentState.WARNING: IncidentState.WARNING, IncidentState.INTERRUPTED: IncidentState.INTERRUPTED}
+
+    def __init__(self, journal=None, alerter=None, clock=time.time, dry_run=False):
+        self.journal = journal
+        self.alerter = alerter
+        self.clock = clock
+        self.dry_run = dry_run
+        self.on_enter = {}
+        self.closing = []
+
+    def save(self, inc):
+        if self.journal is not None and not self.dry_run:
+            self.journal.append(inc)
+
+    def open(self, inc):
+        inc.cycle_pid = os.getpid()
+        self.save(inc)
+
+    def advance(self, inc, new, reason):
+        if new in INCIDENT_TERMINAL and inc.state not in INCIDENT_TERMINAL:
+            for hook in self.closing:
+                hook(inc)
+        incident_transition(inc, new, reason)
+        if new in INCIDENT_TERMINAL:
+            inc.ended_at = inc.ended_at or self.clock()
+            inc.current_step = None
+        self.save(inc)
+        for effect in self.on_enter.get(new, ()):
+            effect(inc)
+        what = self.ALERT_AS.get(new)
+        if what and self.alerter is not None and not self.dry_run:
+            self.alert(inc, what)
+            self.save(inc)  # the alert's result, so the next cycle knows what was sent
+
+    def alert(self, inc, what):
+        severity = "critical" if what in (IncidentState.FAILED, IncidentState.ESCALATED) else inc.severity
+        if severity == "info":
+            severity = "warning"
+        title = "[%s] glmtts %s %s: %s" % (severity.upper(), inc.unit, what, "+".join(inc.signatures))
+        try:
+            result = self.alerter.send("%s:%s" % (inc.id, what), severity, title, inc.summary(long=True))
+        except Exception as e:  # alerting never stops remediation
+            log.warning("alert failed: %s", e)
+            result = "error"
+        inc.notes.append({"alert": what, "result": result})
+        return result
 
 
 def incidents_path(settings):

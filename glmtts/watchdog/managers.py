@@ -38,8 +38,37 @@ class UnitStatus:
         return s
 
 
+# What a manager says happened to a unit (its own log / journal lines), in its own words.
+STOP_REQUESTED = "stop_requested"   # an operator (or a deploy) asked it to stop or restart the unit
+STOPPED_ON_REQUEST = "stopped"      # ... and the process ended because of that request
+RELOAD = "reload"                   # systemctl reload (SIGHUP: reopen logs), the process stays
+EXITED = "exited"                   # the process ended
+AUTO_RESTART = "auto_restart"       # the manager restarts it by itself (Restart=always)
+STARTING = "starting"               # a new process is being started
+READY = "ready"                     # it reached ready (systemd Type=notify READY=1; supervisord RUNNING)
+START_LIMIT = "start_limit"         # the manager gave up starting it
+WATCHDOG = "watchdog"               # systemd's WatchdogSec fired (a hang)
+RESULT = "result"                   # systemd: "Failed with result 'X'"
+
+
+@dataclass
+class ManagerEvent:
+    kind: str
+    unit: str
+    line: str
+    at: float = None
+    detail: str = ""                # the exit as the manager words it: "killed 9/KILL", "exit status 75; not expected"
+
+    def to_dict(self):
+        return dict(self.__dict__)
+
+
+_U = r"(?P<unit>[\w@.:-]+?)(?:\.service)?"
+
+
 class NoManager:
     name = "none"
+    EVENTS = ()                     # (kind, regex with a `unit` group [, detail group]) in the manager's words
 
     def __init__(self, host):
         self.host = host
@@ -62,12 +91,59 @@ class NoManager:
     def program_logs(self, unit):
         return {}
 
+    def times(self, unit):
+        """The manager's own timestamps (epoch s) for incident times: main_exited_at
+        (the last main process's exit), active_since (ready, for the current main
+        process only). {} where the manager keeps none."""
+        return {}
+
     def command(self, verb, unit):
         return "(no service manager) %s %s" % (verb, unit)
+
+    def account(self, lines, unit):
+        """ManagerEvents about unit in lines (the manager's log or journal), in order."""
+        from .scanner import line_time  # scanner imports nothing from here; keep it that way
+        out = []
+        for line in lines:
+            for kind, rx in self._events():
+                m = rx.search(line)
+                if m and m.group("unit").split(":")[-1] == unit:
+                    detail = m.groupdict().get("detail") or ""
+                    out.append(ManagerEvent(kind, unit, line, line_time(line), detail.strip()))
+                    break
+        return out
+
+    @classmethod
+    def _events(cls):
+        if "_compiled" not in cls.__dict__:
+            cls._compiled = tuple((k, re.compile(p)) for k, p in cls.EVENTS)
+        return cls._compiled
+
+    @classmethod
+    def account_filter(cls):
+        """One regex that any line worth passing to account() matches."""
+        if "_prefilter" not in cls.__dict__:
+            alts = [re.sub(r"\(\?P<\w+>", "(?:", p) for _, p in cls.EVENTS]
+            cls._prefilter = re.compile("|".join("(?:%s)" % p for p in alts) or r"(?!x)x")
+        return cls._prefilter
 
 
 class SystemdManager(NoManager):
     name = "systemd"
+    # systemd 252's unit messages (journalctl -u UNIT). A stop or restart job logs
+    # "Stopping"; an automatic restart after a crash never does: it logs "Scheduled
+    # restart job" and counts NRestarts instead.
+    EVENTS = (
+        (STOP_REQUESTED, r"\bStopping " + _U + r"(?: - |\.\.\.|$)"),
+        (RELOAD, r"\bReloading " + _U + r"(?: - |\.\.\.|$)"),
+        (EXITED, _U + r": Main process exited, (?P<detail>code=\w+, status=\S+)"),
+        (AUTO_RESTART, _U + r": Scheduled restart job, restart counter is at (?P<detail>\d+)"),
+        (START_LIMIT, _U + r": Start request repeated too quickly"),
+        (WATCHDOG, _U + r": Watchdog timeout"),
+        (RESULT, _U + r": Failed with result '(?P<detail>[\w-]+)'"),
+        (STARTING, r"\bStarting " + _U + r"(?: - |\.\.\.|$)"),
+        (READY, r"\bStarted " + _U + r"(?: - |\.$|$)"),
+    )
 
     def status(self, unit):
         r = self.host.run(["systemctl", "show", unit, "--property=LoadState,ActiveState,SubState,Result,MainPID,NRestarts,ControlGroup"], timeout=30)
@@ -87,6 +163,32 @@ class SystemdManager(NoManager):
         restarts = int(props["NRestarts"]) if props.get("NRestarts", "").isdigit() else None
         return UnitStatus(unit, self.name, state, "%s/%s result=%s" % (active, sub, result), pid, restarts,
                           props.get("ControlGroup", ""))
+
+    def times(self, unit):
+        props = ("ExecMainStartTimestampMonotonic", "ExecMainExitTimestampMonotonic",
+                 "ActiveEnterTimestampMonotonic", "ActiveExitTimestampMonotonic", "ActiveState")
+        r = self.host.run(["systemctl", "show", unit] + ["--property=%s" % p for p in props], timeout=30)
+        if r.rc != 0:
+            return {}
+        raw = dict(line.split("=", 1) for line in r.out.splitlines() if "=" in line)
+        # CLOCK_MONOTONIC microseconds, converted here: the wall-clock forms are
+        # formatted in the manager's locale and time zone.
+        clock = self.host.clock
+        offset = clock.now() - clock.monotonic()
+
+        def wall(name):
+            v = raw.get(name, "0")
+            return offset + int(v) / 1e6 if v.isdigit() and int(v) > 0 else None
+        started, exited = wall("ExecMainStartTimestampMonotonic"), wall("ExecMainExitTimestampMonotonic")
+        entered, left = wall("ActiveEnterTimestampMonotonic"), wall("ActiveExitTimestampMonotonic")
+        out = {}
+        # A new main process resets ExecMainExitTimestamp; leaving "active" is then the
+        # manager's record of the exit (Restart= goes active -> activating).
+        if exited or left:
+            out["main_exited_at"] = exited or left
+        if raw.get("ActiveState") == "active" and entered and (started is None or entered >= started):
+            out["active_since"] = entered  # Type=notify: READY=1 of the current main process
+        return out
 
     def unit_pids(self, unit):
         st = self.status(unit)
@@ -126,6 +228,16 @@ class SystemdManager(NoManager):
 
 class SupervisorManager(NoManager):
     name = "supervisor"
+    # supervisord's log: `stopped:` only follows a stop it was asked for (supervisorctl
+    # stop/restart, update, shutdown); a death it did not ask for is `exited:`.
+    EVENTS = (
+        (STOP_REQUESTED, r"\bwaiting for " + _U + r" to stop"),
+        (STOPPED_ON_REQUEST, r"\bstopped: " + _U + r" \((?P<detail>[^)]*)\)"),
+        (EXITED, r"\bexited: " + _U + r" \((?P<detail>[^)]*)\)"),
+        (START_LIMIT, r"\bgave up: " + _U + r" entered FATAL state"),
+        (STARTING, r"\bspawned: '" + _U + r"' with pid"),
+        (READY, r"\bsuccess: " + _U + r" entered RUNNING state"),
+    )
     STATES = {"RUNNING": RUNNING, "STARTING": STARTING, "BACKOFF": STARTING, "STOPPING": STOPPING,
               "STOPPED": STOPPED, "EXITED": FAILED, "FATAL": CRASH_LOOP}
 
@@ -210,6 +322,9 @@ class SupervisorManager(NoManager):
 
     def command(self, verb, unit):
         return "supervisorctl%s %s %s" % (" -c " + self.conf if self.conf else "", verb, unit)
+
+
+MANAGERS = {"none": NoManager, "systemd": SystemdManager, "supervisor": SupervisorManager}
 
 
 def detect(settings, host):

@@ -18,11 +18,12 @@ def exec_runbook(wd, runbook, unit=None):
     try:
         now = wd.host.clock.now()
         inc = incidents.Incident(incidents.new_id(inst.unit, now), inst.unit, inst.url, now, manual=True, fault_at=now)
+        # Journaled ahead like the cycle's, without the lifecycle's alerts: a human is at the keyboard.
+        lc = incidents.Lifecycle(wd.incident_log, None, wd.host.clock.now, wd.dry_run)
         ctx = Context(wd.settings, inst, wd.host, wd.manager, inc, wd.dry_run,
-                      wd.alerter(wd.load_state()))
+                      wd.alerter(wd.load_state()), lc)
+        lc.open(inc)
         execute(runbook, ctx)
-        if not wd.dry_run:
-            wd.incident_log.append(inc)
         return inc
     finally:
         lock.release()

@@ -8,6 +8,12 @@ acting on nothing for that instance, until a human runs `glmtts-watchdog resume`
 A verified remediation resets that runbook's counter, so occasional faults spread over
 weeks never add up to an escalation (monit's never-resetting counters cause exactly the
 restart loops this avoids). Time is passed in (``now``), never read here.
+
+Two findings are not incidents to act on: an operator's planned stop/restart still in
+progress (PLANNED: the manager's own account says someone asked for it), and a unit an
+operator stopped (STOPPED). A start limit reached by separate faults (fault_burst) is
+healed with a growing delay (BACKOFF until it has passed) and is exempt from the
+max_remediations limit, which stays for true crash loops.
 """
 
 import logging
@@ -21,6 +27,10 @@ from .states import GuardState, guard_transition
 log = logging.getLogger(__name__)
 
 OK, WARNING, REMEDIATE, ESCALATE, SUPPRESSED, STOPPED = "ok", "warning", "remediate", "escalate", "suppressed", "stopped"
+PLANNED, BACKOFF = "planned", "backoff"
+# Findings an operator's planned stop/restart explains by itself (no process died unasked).
+PLANNED_SYMPTOMS = frozenset(("unhealthy",))
+BACKOFF_SIGNATURES = frozenset(("fault_burst",))
 
 
 @dataclass
@@ -51,10 +61,12 @@ class Decision:
 
 
 class Policy:
-    def __init__(self, runbooks, max_remediations=3, window_s=3600, guards=None):
+    def __init__(self, runbooks, max_remediations=3, window_s=3600, guards=None, backoff_s=None):
         self.runbooks = runbooks
         self.max = max_remediations
         self.window_s = window_s
+        # first delay of a fault burst's second recovery; doubles each time, capped at the window
+        self.backoff_s = backoff_s if backoff_s is not None else window_s / 12.0
         self.guards = guards if guards is not None else {}   # persisted dicts, updated in place
 
     def guard(self, unit):
@@ -66,16 +78,24 @@ class Policy:
     def recent(self, unit, runbook_id, now):
         return [t for t in self.guard(unit).attempts.get(runbook_id, []) if now - t < self.window_s]
 
-    def decide(self, sigs, probe_verdict, unit_state=None, xids=(), now=0.0, unit=""):
-        """sigs: signature names seen this cycle (any order)."""
+    def backoff_delay(self, n):
+        """Wait before the (n+1)-th fault-burst recovery within the window."""
+        return 0.0 if n <= 0 else min(self.window_s, self.backoff_s * 2 ** (n - 1))
+
+    def decide(self, sigs, probe_verdict, unit_state=None, xids=(), now=0.0, unit="", planned=None):
+        """sigs: signature names seen this cycle (any order). planned: the operator's
+        stop/restart still in progress, as checks.planned_in_progress() found it."""
         guard = self.guard(unit)
         sigs = sorted(set(sigs), key=lambda n: signatures.PRECEDENCE.get(n, 99))
         if guard.state == GuardState.ESCALATED:
             return Decision(SUPPRESSED, reason="escalated %s: %s; waiting for `glmtts-watchdog resume`" % (
                 guard.incident or "", guard.reason))
+        if unit_state == "stopped" and set(sigs) <= PLANNED_SYMPTOMS:
+            # an unanswered probe is what a stopped unit looks like; starting it would undo the operator
+            return Decision(STOPPED, reason="the unit is stopped (by an operator); not starting it")
+        if planned and set(sigs) <= PLANNED_SYMPTOMS:
+            return Decision(PLANNED, reason="a planned %s is in progress; not acting" % planned)
         if not sigs:
-            if unit_state == "stopped":
-                return Decision(STOPPED, reason="the unit is stopped (by an operator?); not starting it")
             return Decision(OK)
         serving = probe_verdict != UNHEALTHY
         if "gpu_xid" in sigs and xids and all(signatures.XID_ACTIONS.get(c) == "ignore" for c in xids):
@@ -90,6 +110,13 @@ class Policy:
             return Decision(WARNING, top_runbook, "%s seen while the service is %s" % ("+".join(sigs), probe_verdict))
         if top_runbook is None:
             return Decision(WARNING, None, "no runbook triggers on %s" % "+".join(sigs))
+        if BACKOFF_SIGNATURES & set(top_runbook.triggers):
+            recent = self.recent(unit, top_runbook.id, now)
+            wait = self.backoff_delay(len(recent))
+            if recent and now < recent[-1] + wait:
+                return Decision(BACKOFF, top_runbook, "backing off: recovery %d of this burst not before %.0f s after the last (%.0f s to go)" % (
+                    len(recent) + 1, wait, recent[-1] + wait - now))
+            return Decision(REMEDIATE, top_runbook)
         if len(self.recent(unit, top_runbook.id, now)) >= self.max:
             return Decision(ESCALATE, top_runbook, "%d remediations with runbook %s within %d s; not trying again" % (
                 self.max, top_runbook.id, self.window_s))
@@ -103,6 +130,9 @@ class Policy:
 
     def verified(self, unit, runbook_id):
         g = self.guard(unit)
+        rb = self.runbooks.get(runbook_id) if isinstance(self.runbooks, dict) else None
+        if rb is not None and BACKOFF_SIGNATURES & set(rb.triggers):
+            return  # a burst's delays keep growing through its recoveries; the window forgets them
         if g.attempts.pop(runbook_id, None):
             log.info("%s: remediation with %s verified; its counter is reset", unit, runbook_id)
         self._save(g)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import requests
 
+from .. import watchdog_token
+
 log = logging.getLogger(__name__)
 
 HEALTHY, LOADING, UNHEALTHY = "healthy", "loading", "unhealthy"
@@ -41,13 +43,15 @@ class ProbeResult:
 
 class Probe:
     def __init__(self, url, timeout_s=10.0, retries=3, interval_s=5.0, loading_grace_s=600.0,
-                 api_key="", sleep=time.sleep, clock=time.monotonic):
+                 api_key="", sleep=time.sleep, clock=time.monotonic, token=""):
         self.url = url.rstrip("/") + "/healthz"
         self.timeout_s = timeout_s
         self.retries = max(1, retries)
         self.interval_s = interval_s
         self.loading_grace_s = loading_grace_s
         self.headers = {"Authorization": "Bearer %s" % api_key} if api_key else {}
+        if token:  # the watchdog's identity (glmtts/watchdog_token.py); health routes never refuse anyway
+            self.headers[watchdog_token.HEADER] = token
         self.sleep = sleep
         self.clock = clock
 

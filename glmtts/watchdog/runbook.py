@@ -27,7 +27,7 @@ import yaml
 
 from ..errors import ConfigError
 from . import signatures
-from .actions import ACTIONS, COMMON_PARAMS
+from .actions import ACTIONS, COMMON_PARAMS, resolve
 
 REQUIRED = ("id", "title", "severity", "triggers", "steps")
 ALLOWED = REQUIRED + ("on_failure", "escalate")
@@ -88,7 +88,7 @@ def parse_step(raw, where):
             raise RunbookError("%s: parameters of %s must be a mapping, got %r" % (where, name, params))
     else:
         raise RunbookError("%s: a step is an action name or {action: {params}}, got %r" % (where, raw))
-    action = ACTIONS.get(name)
+    action = resolve(name)
     if action is None:
         raise RunbookError("%s: unknown action %r; actions: %s" % (where, name, ", ".join(sorted(ACTIONS))))
     known = dict(COMMON_PARAMS, **action.params)

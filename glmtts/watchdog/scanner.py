@@ -78,6 +78,7 @@ class ScanResult:
     bytes_read: int = 0
     lines: int = 0
     notes: list = field(default_factory=list)      # rotation followed, gaps...
+    kept: list = field(default_factory=list)       # lines the caller's ``keep`` regex matched (the manager's account)
 
     def signatures(self):
         return list(self.counts)
@@ -86,9 +87,10 @@ class ScanResult:
 class _Reader:
     """Splits bytes into lines, classifies them and keeps evidence."""
 
-    def __init__(self, result, max_line, carry=None):
+    def __init__(self, result, max_line, carry=None, keep=None):
         self.result = result
         self.max_line = max_line
+        self.keep = keep
         self.long_head = carry  # text of a long line whose end has not been seen yet
         self.traceback = deque(maxlen=200)
         self.in_traceback = False
@@ -105,6 +107,8 @@ class _Reader:
     def line(self, text, path):
         res = self.result
         res.lines += 1
+        if self.keep is not None and self.keep.search(text):
+            res.kept.append(text)
         context = ()
         if text.startswith("Traceback (most recent call last)"):
             self.traceback.clear()
@@ -207,12 +211,13 @@ class LogScanner:
         self.max_line = max_line
         self.first_sight_tail = first_sight_tail
 
-    def scan(self, path, position=None):
+    def scan(self, path, position=None, keep=None):
         """Read what was appended to path since position; returns a ScanResult whose
-        ``position`` is what to pass next time."""
+        ``position`` is what to pass next time. Lines matching ``keep`` (a compiled regex)
+        are returned whole in ``kept``, whatever their signature."""
         position = dict(position or {})
         result = ScanResult(path, position)
-        reader = _Reader(result, self.max_line, position.get("carry"))
+        reader = _Reader(result, self.max_line, position.get("carry"), keep)
         try:
             f = open(path, "rb")
         except FileNotFoundError:

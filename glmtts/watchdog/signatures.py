@@ -8,7 +8,8 @@ a new failure; the runbook lint test then insists some runbook triggers on it.
 The order of SIGNATURES is the precedence used to pick one runbook when several
 signatures are seen together: the cause before the symptom (a port held by someone else
 explains the crash loop, a crash loop explains the failed probe, a CUDA fatal error
-explains the segfault that may follow it).
+explains the segfault that may follow it), except that a start limit reached by
+separate faults (fault_burst) comes before the faults it is made of.
 """
 
 import re
@@ -48,6 +49,11 @@ SIGNATURES = (
     S("gpu_xid", "critical", "kernel", (
         r"NVRM: Xid \(",
     ), description="the NVIDIA driver reported an Xid error in the kernel log"),
+    # Before the faults it is made of: the failed unit is what needs healing now, and each
+    # fault's own signature stays in the incident as its history.
+    S("fault_burst", "critical", "unit",
+      description="the start limit was reached by separate faults (different causes, each start became ready), "
+                  "not by a loop: reset the limit and start again, with a growing delay"),
     S("cuda_fatal", "critical", "log", (
         r"illegal memory access",
         r"device-side assert",

@@ -17,6 +17,8 @@ class IncidentState:
     ESCALATED = "escalated"      # a human must act; automation stopped for this instance
     WARNING = "warning"          # recorded and alerted, deliberately not acted on
     DRY_RUN = "dry_run"          # steps only described
+    INTERRUPTED = "interrupted"  # the cycle that owned it died; closed by the next cycle
+    PLANNED = "planned"          # not an incident: an operator's stop/restart/reload, recorded only
 
 
 class GuardState:
@@ -25,7 +27,8 @@ class GuardState:
 
 
 INCIDENT_TERMINAL = (IncidentState.RECOVERED, IncidentState.FAILED, IncidentState.ESCALATED,
-                     IncidentState.WARNING, IncidentState.DRY_RUN)
+                     IncidentState.WARNING, IncidentState.DRY_RUN, IncidentState.INTERRUPTED,
+                     IncidentState.PLANNED)
 
 INCIDENT_TRANSITIONS = {
     IncidentState.OPENED: (
@@ -33,12 +36,14 @@ INCIDENT_TRANSITIONS = {
         IncidentState.WARNING,       # opened -> warning: e.g. an OOM line while /healthz is fine
         IncidentState.ESCALATED,     # opened -> escalated: the rate limit is spent
         IncidentState.DRY_RUN,       # opened -> dry_run: --dry-run only describes the steps
+        IncidentState.INTERRUPTED,   # opened -> interrupted: the cycle died before deciding
     ),
     IncidentState.REMEDIATING: (
         IncidentState.RECOVERED,     # remediating -> recovered: smoke test passed
         IncidentState.FAILED,        # remediating -> failed: on_failure ran and did not verify
         IncidentState.ESCALATED,     # remediating -> escalated: a step asked for a human (GPU off the bus)
         IncidentState.DRY_RUN,       # remediating -> dry_run: `runbook exec --dry-run`
+        IncidentState.INTERRUPTED,   # remediating -> interrupted: the cycle died mid-runbook
     ),
     IncidentState.FAILED: (
         IncidentState.ESCALATED,     # failed -> escalated: the failure spent the rate limit

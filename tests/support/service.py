@@ -70,6 +70,7 @@ class ServiceProcess:
             "PYTHONUNBUFFERED": "1",
         })
         self.env.update(env or {})
+        self.ui = self.env.get("GLMTTS_SERVER_UI") == "true"
         self.proc = None
 
     @property
@@ -82,7 +83,26 @@ class ServiceProcess:
                                          stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
         if wait:
             self.wait_healthy(timeout=timeout)
+            if self.ui:
+                self.wait_ui(timeout=timeout)
         return self
+
+    def wait_ui(self, timeout=60):
+        """The UI is built after ready (service/uigate.py): wait for /healthz "ui": "ready"."""
+        deadline = time.monotonic() + timeout
+        body = {}
+        while time.monotonic() < deadline:
+            try:
+                body = requests.get(self.url + "/healthz", timeout=2).json()
+                if body.get("ui") == "ready":
+                    return body
+                if body.get("ui") == "failed":
+                    break
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(0.1)
+        raise AssertionError("UI not ready within %ss (ui %s); stderr:\n%s"
+                             % (timeout, body.get("ui"), self.stderr()[-3000:]))
 
     def wait_healthy(self, timeout=60, status=200):
         """Wait for /healthz to answer ``status`` (None: any answer). Fails with the stderr tail."""

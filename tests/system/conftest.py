@@ -40,8 +40,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def record_recovery(scenario, seconds, detail=""):
-    """Merge one scenario's time to recover into artifacts/recovery.json (atomic write)."""
+def record_recovery(scenario, seconds, detail="", verification_s=None):
+    """Merge one scenario's time to recover into artifacts/recovery.json (atomic write).
+    For a watchdog incident, ``seconds`` is its outage (fault -> healthy again) and
+    ``verification_s`` the time from healthy again to the watchdog's smoke test."""
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     try:
         data = json.loads(RESULTS.read_text())
@@ -49,6 +51,8 @@ def record_recovery(scenario, seconds, detail=""):
         data = {}
     data[scenario] = {"seconds": None if seconds is None else round(seconds, 2), "detail": detail,
                       "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if verification_s is not None:
+        data[scenario]["verification_s"] = round(verification_s, 2)
     fd, tmp = tempfile.mkstemp(dir=RESULTS.parent, prefix=".recovery.")
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
@@ -247,10 +251,16 @@ class Deployment:
         return int(status.get("ExecMainStatus", "-1")), text, proc
 
     def incidents(self):
+        """One dict per incident: the journal's latest record of each id, in the order they opened."""
         f = self.file("/var/lib/glmtts/incidents.jsonl")
         if not f.exists():
             return []
-        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        latest = {}  # a dict keeps the position of a key's first insertion: the order incidents opened
+        for line in f.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                latest[rec["id"]] = rec
+        return list(latest.values())
 
     def log_text(self, name):
         f = self.file("/var/log/glmtts/" + name)

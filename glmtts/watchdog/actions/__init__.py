@@ -1,5 +1,9 @@
 """Runbook actions: one module per action, and the explicit name -> class table the
-runbook parser validates against (no folder scanning)."""
+runbook parser validates against (no folder scanning). A step may also name a plug-in
+action as ``package.module:Class`` (an Action subclass), as engines do; tests use this
+for a deliberately slow step, and production runbooks name only the table's actions."""
+
+import importlib
 
 from .alert import Alert
 from .base import COMMON_PARAMS, DRY_RUN, ESCALATE, FAILED, OK, SKIPPED, Action, Context, StepResult
@@ -18,4 +22,20 @@ ACTIONS = {cls.name: cls for cls in (
     CaptureDiagnostics, StopUnit, KillUnitProcesses, FreePort, GpuReset, Restart, WaitReady, SmokeTest,
     PruneOutputs, Alert, Escalate)}
 
-__all__ = ["ACTIONS", "COMMON_PARAMS", "Action", "Context", "StepResult", "OK", "FAILED", "SKIPPED", "ESCALATE", "DRY_RUN"]
+
+
+def resolve(name):
+    """The Action class for a step's action name, or None."""
+    if name in ACTIONS:
+        return ACTIONS[name]
+    if ":" not in name:
+        return None
+    module, _, attr = name.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, Action) else None
+
+
+__all__ = ["ACTIONS", "resolve", "COMMON_PARAMS", "Action", "Context", "StepResult", "OK", "FAILED", "SKIPPED", "ESCALATE", "DRY_RUN"]

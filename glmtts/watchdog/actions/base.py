@@ -5,6 +5,8 @@ Context it acts through. An action touches the OS only through ``ctx.host`` and
 import logging
 from dataclasses import dataclass, field
 
+from ... import watchdog_token
+
 log = logging.getLogger(__name__)
 
 OK, FAILED, SKIPPED, ESCALATE, DRY_RUN = "ok", "failed", "skipped", "escalate", "dry_run"
@@ -36,13 +38,16 @@ class Context:
     incident: object = None   # incidents.Incident (steps may add to it)
     dry_run: bool = False
     alerter: object = None    # alerts.Alerter
+    lifecycle: object = None  # incidents.Lifecycle: journals the incident as steps run
 
-    def probe(self, retries=1):
+    def probe(self, retries=1, timeout_s=None):
         from ..probe import Probe
         wd = self.settings.watchdog
-        return Probe(self.instance.url, wd.probe_timeout_s, retries, wd.probe_retry_interval_s,
+        timeout_s = wd.probe_timeout_s if timeout_s is None else min(timeout_s, wd.probe_timeout_s)
+        return Probe(self.instance.url, timeout_s, retries, wd.probe_retry_interval_s,
                      loading_grace_s=wd.ready_timeout_s, api_key=wd.api_key,
-                     sleep=self.host.clock.sleep, clock=self.host.clock.monotonic).check()
+                     sleep=self.host.clock.sleep, clock=self.host.clock.monotonic,
+                     token=watchdog_token.for_settings(self.settings)).check()
 
 
 class Action:

@@ -5,6 +5,11 @@ import os
 
 from .base import OK, Action, StepResult
 
+# The cycle has just seen the service fail its probes; diagnostics only record how it
+# answers now. A hung process would hold a full watchdog.probe_timeout_s probe (10 s by
+# default) for nothing, so one short probe, never longer than this.
+DIAGNOSTICS_PROBE_S = 1.0
+
 
 def tail(path, lines=30, max_bytes=65536):
     try:
@@ -21,7 +26,7 @@ def tail(path, lines=30, max_bytes=65536):
 def snapshot(ctx, lines=30):
     inst, host, s = ctx.instance, ctx.host, ctx.settings
     unit = ctx.manager.status(inst.unit)
-    probe = ctx.probe()
+    probe = ctx.probe(timeout_s=DIAGNOSTICS_PROBE_S)
     owners = [host.process(p) for p in host.port_owners(inst.port)]
     disks = {}
     for d in sorted({s.paths.log_dir, s.paths.state_dir, s.paths.output_dir}):

@@ -18,9 +18,12 @@ class KillUnitProcesses(Action):
 
     def run(self, ctx, grace_s=10.0):
         host = ctx.host
+        # The main pid before the kill lets the restart step tell a process the manager
+        # has already respawned from the one we killed (one restart per remediation).
+        main_pid = ctx.manager.status(ctx.instance.unit).main_pid
         pids = self.targets(ctx)
         if not pids:
-            return StepResult(OK, "no process of %s is running" % ctx.instance.unit, {"pids": []})
+            return StepResult(OK, "no process of %s is running" % ctx.instance.unit, {"pids": [], "main_pid": main_pid})
         for sig in (signal.SIGTERM, signal.SIGCONT):
             for p in pids:
                 try:
@@ -44,8 +47,8 @@ class KillUnitProcesses(Action):
             host.clock.sleep(0.2)
         if left:
             return StepResult(FAILED, "still alive after SIGKILL: %s (uninterruptible? check `cat /proc/PID/stack`)" % left,
-                              {"pids": pids})
-        return StepResult(OK, "terminated %s" % pids, {"pids": pids})
+                              {"pids": pids, "main_pid": main_pid})
+        return StepResult(OK, "terminated %s" % pids, {"pids": pids, "main_pid": main_pid})
 
     def manual(self, ctx, **params):
         if ctx.manager.name == "systemd":

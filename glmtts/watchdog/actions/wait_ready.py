@@ -15,6 +15,8 @@ class WaitReady(Action):
         while True:
             last = ctx.probe()
             if last.ok:
+                if ctx.incident is not None:
+                    ctx.incident.note_time("service_back_at", clock.now(), "first healthy probe (wait_ready)")
                 return StepResult(OK, "healthy after %.1f s" % (clock.monotonic() - t0))
             if clock.monotonic() >= deadline:
                 return StepResult(FAILED, "not ready after %.0f s: %s" % (timeout_s, last.summary()))
