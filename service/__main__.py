@@ -17,6 +17,8 @@ import sys
 import threading
 import time
 
+from glmtts.errors import EXIT_CONFIG, EXIT_PORT_IN_USE  # glmtts.errors is dependency-free: cheap at start
+
 log = logging.getLogger("glmtts_service")
 
 # After a lost CUDA context, the in-flight responses are written within milliseconds;
@@ -65,7 +67,7 @@ def bind_socket(host, port):
 def serve(config_path=None):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from glmtts import config, engines
-    from glmtts.errors import EXIT_CONFIG, EXIT_CUDA_LOST, EXIT_PORT_IN_USE, ConfigError, GlmttsError
+    from glmtts.errors import EXIT_CUDA_LOST, ConfigError, GlmttsError
 
     from . import logs
 
@@ -127,7 +129,7 @@ def serve(config_path=None):
 # startsecs has its `exitcodes` honoured. So an exit that retrying cannot fix (78, 4)
 # waits out GLMTTS_STARTSECS, which ops/supervisord.conf sets to its startsecs; under
 # systemd (RestartPreventExitStatus=78 4) it is unset and nothing waits.
-UNRETRYABLE_EXITS = (78, 4)  # EXIT_CONFIG, EXIT_PORT_IN_USE
+UNRETRYABLE_EXITS = (EXIT_CONFIG, EXIT_PORT_IN_USE)
 STARTED_MONO = time.monotonic()
 
 

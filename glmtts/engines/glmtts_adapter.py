@@ -380,12 +380,11 @@ def _mel_caches_of(frontend):
     """The module-global caches of the front end's mel extractor (a functools.partial of
     utils/audio.py's mel_spectrogram in the real repository)."""
     func = getattr(frontend.feat_extractor, "func", frontend.feat_extractor)
-    module = sys.modules.get(getattr(func, "__module__", ""), None)
-    caches = ModuleCaches(module, MEL_CACHES) if module is not None else None
-    if caches is None or not caches.names:
+    caches = ModuleCaches(sys.modules.get(getattr(func, "__module__", "")), MEL_CACHES)
+    if not caches.names:
         log.warning("GLM-TTS: the mel extractor %r keeps no module caches this adapter knows (%s); the two "
                     "rates share whatever it caches", func, ", ".join(MEL_CACHES))
-    return caches or ModuleCaches(None, ())
+    return caches
 
 
 def _no_cuda_hint(exc):

@@ -43,8 +43,8 @@ written into the copy where the repository has no class), ``cpu`` (running witho
 CUDA), ``child`` (the processes that build and drive it, and the command line).
 """
 
-from .child import RESULT_PREFIX, ChildFailed, child_env, drive_engine, package_dir, readonly_prefix, run_child
-from .cpu import cpu_shims, torchaudio_without_native
+from .child import RESULT_PREFIX, ChildFailed, child_env, drive_engine, readonly_prefix, run_child
+from .cpu import cpu_shims, package_dir, torchaudio_without_native
 from .weights import REPLACEMENTS, build_random_checkout
 
 __all__ = ["REPLACEMENTS", "RESULT_PREFIX", "ChildFailed", "build_random_checkout", "child_env", "cpu_shims",

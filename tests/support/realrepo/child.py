@@ -65,14 +65,6 @@ def run_child(python, args, env, timeout=900, prefix=()):
     raise ChildFailed(cmd, "0 without a %r line" % RESULT_PREFIX.strip(), proc.stderr + proc.stdout[-2000:])
 
 
-def package_dir(python, name):
-    """Where ``python`` would import package ``name`` from (without importing it)."""
-    import subprocess
-    return subprocess.run([python, "-c", "import importlib.util, os; "
-                           "print(os.path.dirname(importlib.util.find_spec(%r).origin))" % name],
-                          capture_output=True, text=True, check=True).stdout.strip()
-
-
 def readonly_prefix(path):
     """A command prefix that runs the rest in a private mount namespace where ``path``
     is read-only (as ``ProtectSystem=strict`` leaves site-packages), after checking that

@@ -135,6 +135,14 @@ def cpu_shims():
     return sorted(_CUDA_HARDCODED)
 
 
+def package_dir(python, name):
+    """Where ``python`` would import package ``name`` from (without importing it)."""
+    import subprocess
+    return subprocess.run([python, "-c", "import importlib.util, os; "
+                           "print(os.path.dirname(importlib.util.find_spec(%r).origin))" % name],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 def torchaudio_without_native(python, dest):
     """If ``python`` cannot import torchaudio because its native library does not load
     (a CUDA build beside a CPU torch), copy that interpreter's torchaudio without
@@ -148,9 +156,7 @@ def torchaudio_without_native(python, dest):
         return None
     if "Could not load this library" not in probe.stderr and "cannot open shared object" not in probe.stderr:
         raise RuntimeError("torchaudio does not import in %s:\n%s" % (python, probe.stderr[-2000:]))
-    where = subprocess.run([python, "-c", "import importlib.util, os; "
-                            "print(os.path.dirname(importlib.util.find_spec('torchaudio').origin))"],
-                           capture_output=True, text=True, check=True).stdout.strip()
+    where = package_dir(python, "torchaudio")
     dest = Path(dest)
     shutil.copytree(where, dest / "torchaudio", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     return dest
