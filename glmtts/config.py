@@ -8,6 +8,7 @@ Validators are plain functions that raise ValueError with what is allowed.
 
 import ipaddress
 import json
+import math
 import os
 import re
 import tomllib
@@ -113,6 +114,10 @@ SETTINGS = [
     S("server", "ui", bool, True, "Mount the Gradio UI at /."),
     S("server", "blocklist_file", str, "", "File of words (one per line) the service refuses to speak; \"\" = none.", absolute_path_or_empty),
     S("server", "log_request_text", bool, False, "Log request text on stderr (off: text and audio never reach logs)."),
+    S("server", "drain_delay_s", float, 5.0, "On SIGTERM, /readyz answers 503 draining at once and the listener stays open this long before it closes, so load balancers notice; new synthesis gets 503 + Retry-After meanwhile.", in_range(0, 300)),
+    S("server", "drain_timeout_s", float, 60.0, "On SIGTERM, in-flight and queued synthesis get this long to finish; what is left gets 503 (never 500); a running batch task checkpoints. The stop budget of every manager is derived from this (see stop_grace_s).", in_range(1, 3600)),
+    S("server", "metrics_public", bool, False, "Serve /metrics without the API key (for a Prometheus scrape); off: /metrics needs the key like every other route."),
+    S("server", "forwarded_allow_ips", list, [], "Peers (addresses or CIDRs) whose X-Forwarded-For / Forwarded headers are believed; empty = none (the peer address is the client)."),
     # [engine]
     S("engine", "name", str, "espeak", "espeak | glmtts | package.module:Class (a plug-in engine).", engine_name),
     S("engine", "sample_rate", int, 24000, "Default output sample rate.", one_of(24000, 32000)),
@@ -147,6 +152,7 @@ SETTINGS = [
     S("batch", "retention_days", float, 7.0, "Finished jobs older than this are pruned (glmtts batch prune).", in_range(0)),
     S("batch", "max_tasks", int, 10000, "Most tasks in one batch file.", in_range(1)),
     S("batch", "max_line_bytes", int, 65536, "Longest JSONL line accepted.", in_range(256)),
+    S("batch", "lease_s", float, 30.0, "A replica holds a job by a lease renewed every lease_s/3; a lease not renewed for this long (a replica killed with kill -9) lets another replica on the same state_dir take the job over.", in_range(3, 3600)),
     # [watchdog]
     S("watchdog", "url", str, "", "Base URL of the service to probe; \"\" = http://server.host:server.port (follows the port; a wildcard host is probed on loopback).", url_or_empty),
     S("watchdog", "unit", str, "glmtts", "systemd unit or supervisord program name of the service."),
@@ -346,6 +352,23 @@ def service_url(host, port):
     elif host == "::":
         host = "::1"
     return "http://%s:%d" % ("[%s]" % host if ":" in host else host, port)
+
+
+# The one stop budget. Every manager's stop timeout is this number: systemd's
+# TimeoutStopSec, supervisord's stopwaitsecs, `docker stop -t`, the pod's
+# terminationGracePeriodSeconds (plus its preStop), Fly's kill_timeout. The margin covers
+# what follows the drain: closing idle connections, the lifespan shutdown, log flush.
+STOP_MARGIN_S = 10
+
+
+def stop_grace_s(settings=None):
+    """Seconds a manager must wait after SIGTERM before SIGKILL: drain_delay_s +
+    drain_timeout_s + STOP_MARGIN_S, rounded up (the defaults give 75)."""
+    if settings is None:
+        delay, timeout = _BY_NAME["server.drain_delay_s"].default, _BY_NAME["server.drain_timeout_s"].default
+    else:
+        delay, timeout = settings.server.drain_delay_s, settings.server.drain_timeout_s
+    return int(math.ceil(delay + timeout + STOP_MARGIN_S))
 
 
 def _derive(values):
