@@ -217,13 +217,14 @@ def test_a_clean_planned_stop_without_an_exit_line_ends_its_run():
 
 
 def test_cycle_heals_a_fault_burst_then_backs_off_before_the_next(tmp_path):
-    from tests.test_watchdog_fakes import ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
+    from tests.test_watchdog_fakes import AlertReceiver, ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
     from glmtts.watchdog.cycle import Watchdog
-    with HealthServer(200) as srv:
+    with HealthServer(200) as srv, AlertReceiver() as rx:
         clock = FakeClock(2e9)
         mgr = FakeManager(pid=100)
-        wd = Watchdog(settings_for(tmp_path, url=srv.url, watchdog__ready_timeout_s=3.0), host=ClockedHost(clock),
-                      manager=mgr, runbooks=RUNBOOKS)
+        wd = Watchdog(settings_for(tmp_path, url=srv.url, watchdog__ready_timeout_s=3.0,
+                                   alerts__urls=["json://127.0.0.1:%d/" % rx.port]),
+                      host=ClockedHost(clock), manager=mgr, runbooks=RUNBOOKS)
         wd.check()
 
         def heal():
@@ -235,11 +236,23 @@ def test_cycle_heals_a_fault_burst_then_backs_off_before_the_next(tmp_path):
             rep = wd.check()
             mgr.account_lines = []
             return rep
+        def pages():
+            return [m.get("title", "") for m in rx.received if "[CRITICAL]" in m.get("title", "")]
         rep = burst(FIVE_FAULTS)
         assert "fault_burst" in rep.summary() and "recovered" in rep.summary(), rep.summary()
         assert [c[0] for c in mgr.calls] == ["start"]
+        first_pages = pages()
+        assert first_pages and all("fault_burst" in t for t in first_pages), rx.received
         rep = burst(crash(7, "code=dumped, status=11/SEGV") + crash(8, "code=killed, status=9/KILL"))
         assert rep.code == 2 and "backing off" in rep.summary() and len(mgr.calls) == 1, rep.summary()
         clock.advance(wd.policy(wd.load_state()).backoff_delay(1))
+        sent = len(rx.received)
         rep = wd.check()
         assert "fault_burst" in rep.summary() and "recovered" in rep.summary() and len(mgr.calls) == 2, rep.summary()
+        # the same burst healed again: told (as a warning, with why), but not paged twice
+        later = rx.received[sent:]
+        assert later and all("[WARNING]" in m["title"] and "fault_burst" in m["title"] for m in later), later
+        assert any("not paged again: recovery 2 of a fault burst paged at" in m.get("message", "") for m in later), later
+        assert pages() == first_pages
+        [inc] = [r for r in journal(wd) if r.get("signatures") and r["detected_at"] == clock.now()]
+        assert inc["page"] is False and inc["outcome"] == "recovered"

@@ -252,6 +252,9 @@ class Watchdog:
             inc.notes.append({"planned": f.planned})
         if d.runbook:
             inc.runbook, inc.runbook_path, inc.escalate = d.runbook.id, d.runbook.path, d.runbook.escalate
+        if not d.page:
+            inc.page = False
+            inc.notes.append({"page": d.reason})
         report.incidents.append(inc)
         lc = self.lifecycle(alerter)
         # opened -> escalated, or a runbook step that asks for a human: the guard stops acting.

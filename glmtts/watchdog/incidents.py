@@ -69,6 +69,7 @@ class Incident:
     reason: str = ""                                   # why this outcome
     escalate: str = ""                                 # runbook's words on whom to page
     manual: bool = False                               # started by `runbook exec`
+    page: bool = True                                  # False: a burst already paged; alerts go as warnings
     notes: list = field(default_factory=list)
 
     @property
@@ -160,6 +161,9 @@ class Incident:
                 lines.append("%s %s%s" % (name, iso(getattr(self, name)), " (%s)" % src[:200] if src else ""))
         if self.follows:
             lines.append("continues interrupted incident %s" % self.follows)
+        for note in self.notes:
+            if "page" in note:
+                lines.append("not paged again: %s" % note["page"])
         err = self.last_error_line()
         if err:
             lines.append("last error: %s" % err[:500])
@@ -300,7 +304,9 @@ class Lifecycle:
 
     def alert(self, inc, what):
         severity = "critical" if what in (IncidentState.FAILED, IncidentState.ESCALATED) else inc.severity
-        if severity == "info":
+        if severity == "info" or (severity == "critical" and not inc.page and what not in (IncidentState.FAILED, IncidentState.ESCALATED)):
+            # a repeat of a burst that already paged: still told, but to chat (a failure
+            # or an escalation of it still pages: that is news)
             severity = "warning"
         title = "[%s] glmtts %s %s: %s" % (severity.upper(), inc.unit, what, "+".join(inc.signatures))
         try:

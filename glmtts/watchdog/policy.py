@@ -13,10 +13,12 @@ Two findings are not incidents to act on: an operator's planned stop/restart sti
 progress (PLANNED: the manager's own account says someone asked for it), and a unit an
 operator stopped (STOPPED). A start limit reached by separate faults (fault_burst) is
 healed with a growing delay (BACKOFF until it has passed) and is exempt from the
-max_remediations limit, which stays for true crash loops.
+max_remediations limit, which stays for true crash loops. It pages once: the later
+recoveries of the same burst (within the window) are alerted as warnings, not pages.
 """
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from . import signatures
@@ -25,6 +27,10 @@ from .runbook import for_signature
 from .states import GuardState, guard_transition
 
 log = logging.getLogger(__name__)
+
+
+def _iso(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 OK, WARNING, REMEDIATE, ESCALATE, SUPPRESSED, STOPPED = "ok", "warning", "remediate", "escalate", "suppressed", "stopped"
 PLANNED, BACKOFF = "planned", "backoff"
@@ -58,6 +64,9 @@ class Decision:
     kind: str
     runbook: object = None
     reason: str = ""
+    # False: a later recovery of a fault burst already paged in this window. It is still
+    # an incident, journaled and alerted, but as a warning (chat), not a second page.
+    page: bool = True
 
 
 class Policy:
@@ -116,6 +125,9 @@ class Policy:
             if recent and now < recent[-1] + wait:
                 return Decision(BACKOFF, top_runbook, "backing off: recovery %d of this burst not before %.0f s after the last (%.0f s to go)" % (
                     len(recent) + 1, wait, recent[-1] + wait - now))
+            if recent:
+                return Decision(REMEDIATE, top_runbook, "recovery %d of a fault burst paged at %s; healing without a new page" % (
+                    len(recent) + 1, _iso(recent[0])), page=False)
             return Decision(REMEDIATE, top_runbook)
         if len(self.recent(unit, top_runbook.id, now)) >= self.max:
             return Decision(ESCALATE, top_runbook, "%d remediations with runbook %s within %d s; not trying again" % (
