@@ -52,6 +52,7 @@ class Runtime:
         self.notifier = notifier or Notifier()
         self.reopener = reopener
         self.started_mono = clock()
+        self.ready_at = None
         self.on_ready = []
         self.after_ready = []
         self.ui = None  # uigate.UiGate when server.ui is on
@@ -106,6 +107,9 @@ class Runtime:
             self.notifier.status("engine load failed: %s" % (e if isinstance(e, GlmttsError) else "%s: %s" % (type(e).__name__, e)))
             self.exit(EXIT_ENGINE_LOAD)
             return
+        # Wall-clock epoch of READY: a watchdog that looks later (a timer cycle, under a
+        # manager that keeps no ready time, e.g. supervisord) dates the recovery by it.
+        self.ready_at = time.time()
         self.ready.set()
         self.notifier.ready("ready: engine %s" % self.settings.engine.name)
         for hook in self.after_ready:
@@ -177,6 +181,7 @@ class Runtime:
             "reason": reason,
             "engine": self.engine.describe(),
             "uptime_s": round(self.clock() - self.started_mono, 3),
+            "ready_at": self.ready_at,
             "queue_depth": self.worker.queue_depth(),
             "in_flight": self.worker.in_flight(),
             "gpu": self.gpu_status,

@@ -207,6 +207,33 @@ def test_kill_9_is_detected_and_recovered(rig):
     assert said == inc["runbook"]
 
 
+def test_a_restart_supervisord_healed_is_dated_by_the_services_ready_time_not_the_cycle(rig):
+    """supervisord keeps no ready time: the watchdog looking a while later (the timer) must
+    still report the outage the clients saw, from /healthz's ready_at of the new process."""
+    pid = main_pid(rig)
+    killed_at = time.time()
+    os.kill(pid, signal.SIGKILL)
+    rig.wait_for("log/supervisord.log", "terminated by SIGKILL")
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            r = requests.get(rig.url + "/healthz", timeout=3)
+            if r.status_code == 200 and r.json()["pid"] != pid:
+                break
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, "supervisord did not bring it back"
+        time.sleep(0.2)
+    back_seen = time.time()
+    time.sleep(4.0)  # the cycle comes later, as a timer's would
+    rig.wd.check()
+    inc = last_incident(rig)
+    assert "unexpected_exit" in inc["signatures"] and inc["outcome"] == "recovered", inc
+    assert "ready_at" in inc["times_from"]["service_back_at"], inc["times_from"]
+    assert killed_at - 1 <= inc["fault_at"] and inc["service_back_at"] <= back_seen + 0.5, inc
+    assert inc["outage_s"] < back_seen - killed_at + 1.5, (inc["outage_s"], back_seen - killed_at)
+
+
 def test_sigstop_hang_is_detected_and_recovered(rig):
     pid = main_pid(rig)
     sup_offset = len(rig.read("log/supervisord.log"))

@@ -299,7 +299,7 @@ class Watchdog:
         if inc.fault_at is None:
             inc.note_time("fault_at", f.probe_started_at or now, "detected by this cycle")
         if f.probe.verdict == HEALTHY and "unexpected_exit" in sigs:
-            self.note_back(inc, f.probe_started_at or now)  # already back: the manager restarted it
+            self.note_back(inc, f.probe_started_at or now, f.probe.body)  # already back: the manager restarted it
         elif f.probe.verdict == HEALTHY:
             # An OOM answered 503, a full disk answered 507: /healthz never failed and no
             # process died, so there was no outage to time (0 s, not "until the probe").
@@ -325,11 +325,17 @@ class Watchdog:
                "reason": "planned %s through %s; the manager's account: %s" % (what, self.manager.name, f.planned[-1]["line"][-200:])}
         self.incident_log.append(rec)
 
-    def note_back(self, inc, probed_at):
-        """service_back_at from the manager's ready time of the current process, else the probe."""
+    def note_back(self, inc, probed_at, body=None):
+        """service_back_at from the manager's ready time of the current process, else the
+        service's own (/healthz ready_at of the process that answered), else the probe."""
         ready = self.manager.times(inc.unit).get("active_since")
         if ready is not None and ready <= probed_at + 5:
             inc.note_time("service_back_at", ready, "%s: ready time of the current main process" % self.manager.name)
+        own = (body or {}).get("ready_at")
+        if ready is None and isinstance(own, (int, float)) and own <= probed_at + 5:
+            # supervisord keeps no ready time: without this a restart it healed by itself
+            # would be dated by the next timer cycle, up to watchdog.interval_s late.
+            inc.note_time("service_back_at", float(own), "the service's own ready time (/healthz ready_at, pid %s)" % body.get("pid"))
         inc.note_time("service_back_at", probed_at, "healthy probe")
 
     def after_remediation(self, state, inc, shared):
@@ -376,7 +382,7 @@ class Watchdog:
             changed_unit = any(a in UNIT_CHANGING for a in done + [under_way])
             probe, status, waited, replaced = self.judge_now(inst, (inc.unit_status or {}).get("main_pid"))
             if probe.ok:
-                self.note_back(inc, self.host.clock.now())
+                self.note_back(inc, self.host.clock.now(), probe.body)
             else:
                 unresolved = inc
             inc.interruption = {"found_at": self.host.clock.now(), "by_pid": os.getpid(), "dead_pid": inc.cycle_pid,
