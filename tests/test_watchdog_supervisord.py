@@ -328,6 +328,52 @@ def test_supervisorctl_restart_and_stop_are_planned_not_incidents(rig):
     assert rig.wd.check().code == EXIT_OK
 
 
+def test_five_separate_faults_under_supervisord_keep_healing_and_page_once(rig):
+    """supervisord restarts a process that lived startsecs as often as it dies (no start
+    limit), so five separate faults within minutes never leave the service dead: the
+    next cycle records them as one incident with their history, pages once, and the
+    guard stays armed (nothing escalates, nothing waits for a human)."""
+    rig.wd.resume()
+    rig.wd.check()  # baseline
+    before, sent = len(records(rig)), len(rig.rx.received)
+
+    def by_request(word, line):
+        def act():
+            rig.set_fault(word)
+            rig.request_in_background()
+            rig.wait_for("log/supervisord.log", line, timeout=60)
+            rig.set_fault("")
+        return act
+
+    def by_signal(sig, line):
+        def act():
+            os.kill(main_pid(rig), sig)
+            rig.wait_for("log/supervisord.log", line, timeout=60)
+        return act
+    faults = [by_request("segfault", "terminated by SIGSEGV"), by_signal(signal.SIGKILL, "terminated by SIGKILL"),
+              by_request("cuda_fatal", "exit status 75"), by_signal(signal.SIGABRT, "terminated by SIGABRT"),
+              by_signal(signal.SIGKILL, "terminated by SIGKILL")]
+    for act in faults:
+        pid = main_pid(rig)
+        offset = len(rig.read("log/supervisord.log"))
+        act()
+        assert "FATAL" not in rig.read("log/supervisord.log")[offset:]
+        rig.wait_healthy(120)
+        assert main_pid(rig) not in (None, pid)
+    rep = rig.wd.check()
+    new = [r for r in records(rig)[before:] if r.get("kind") != "planned"]
+    assert new and all(r["outcome"] == "recovered" for r in new), rep.summary()
+    assert "escalated" not in rep.summary() and rig.wd.policy(rig.wd.load_state()).guard("glmtts").state == "armed"
+    evidence = " ".join(e["line"] for r in new for e in r["evidence"])
+    for words in ("SIGSEGV", "SIGKILL", "exit status 75", "SIGABRT"):
+        assert words in evidence, (words, evidence[:2000])
+    time.sleep(1)  # apprise posts from a worker thread
+    pages = [m["title"] for m in rig.rx.received[sent:] if "[CRITICAL]" in m["title"] and "opened" in m["title"]]
+    assert len(pages) == len(new) == 1, (pages, [r["id"] for r in new])
+    assert requests.get(rig.url + "/healthz", timeout=5).status_code == 200
+    assert rig.wd.check().code == EXIT_OK  # healed: a quiet cycle, no second page
+
+
 def test_quiet_cycle_after_recoveries_is_ok(rig):
     rep = rig.wd.check()
     assert rep.code == EXIT_OK, rep.summary()
