@@ -7,6 +7,7 @@ import os
 import threading
 import time
 
+import pytest
 import requests
 
 from glmtts import config, watchdog_token
@@ -110,3 +111,74 @@ def test_token_file_reading(tmp_path):
     good.write_text(token + "\n")
     assert watchdog_token.read(str(good)) == token
     assert len(token) >= watchdog_token.MIN_LENGTH
+
+
+
+@pytest.mark.integration
+def test_the_watchdog_lane_holds_for_a_whole_cycle_under_supervisord(tmp_path):
+    """A whole remediation under a real supervisord while an outside client keeps its rate
+    limit spent (before the fault and in the new process): the hang is healed and verified
+    (the smoke test takes the lane: the token beside the config file both sides read), and
+    the outside client still gets its 429."""
+    import dataclasses
+    import signal
+
+    from glmtts.watchdog.cycle import EXIT_OK
+    from glmtts.watchdog.incidents import IncidentLog
+    from tests.test_watchdog_fakes import AlertReceiver
+    from tests.test_watchdog_supervisord import Rig, main_pid
+
+    cfg = tmp_path / "glmtts.toml"
+    cfg.write_text("[limits]\nrate_limit_per_minute = 2\n")
+    token = tmp_path / watchdog_token.FILENAME
+    token.write_text(watchdog_token.new_token() + "\n")
+    os.chmod(token, 0o600)
+    rig = Rig(str(tmp_path), env={"GLMTTS_CONFIG": str(cfg), "GLMTTS_LIMITS_RATE_LIMIT_PER_MINUTE": "2"})
+    codes, stop = [], threading.Event()
+
+    def flood():  # the outside client, bounded
+        deadline = time.monotonic() + 180
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                codes.append(requests.post(rig.url + "/v1/audio/speech", json={"input": "你好。"}, timeout=10).status_code)
+            except requests.RequestException:
+                codes.append(None)
+            time.sleep(0.2)
+    t = threading.Thread(target=flood, daemon=True)
+    try:
+        with AlertReceiver() as rx:
+            rig.wait_healthy()
+            wd = rig.watchdog(rx.port)
+            wd.settings = dataclasses.replace(wd.settings, config_path=str(cfg))  # where the token is
+            rig.wd = wd
+            assert watchdog_token.for_settings(wd.settings), "the watchdog must find the token"
+            assert wd.check().code == EXIT_OK
+            t.start()
+            deadline = time.monotonic() + 60
+            while 429 not in codes:
+                assert time.monotonic() < deadline, codes
+                time.sleep(0.2)
+            pid = main_pid(rig)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                rep = wd.check()
+            finally:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            n = len(codes)
+            deadline = time.monotonic() + 30
+            while 429 not in codes[n:]:
+                assert time.monotonic() < deadline, "no 429 for the outside client after the recovery: %s" % codes[n:]
+                time.sleep(0.2)
+            stop.set()
+            t.join(15)
+            inc = IncidentLog(str(tmp_path / "state" / "incidents.jsonl")).read(last=1)[0]
+            assert inc["runbook"] == "service-down" and inc["outcome"] == "recovered", rep.summary()
+            [smoke] = [s for s in inc["steps"] if s["action"] == "smoke_test"]
+            assert smoke["status"] == "ok", smoke
+            assert main_pid(rig) != pid
+    finally:
+        stop.set()
+        rig.stop()

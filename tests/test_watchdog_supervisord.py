@@ -60,7 +60,8 @@ stderr_logfile_maxbytes=0
 
 
 class Rig:
-    def __init__(self, root, engine=FAULT_ENGINE, startsecs=1):
+    def __init__(self, root, engine=FAULT_ENGINE, startsecs=1, env=None):
+        env_extra = env
         self.root = root
         self.port = free_port()
         self.url = "http://127.0.0.1:%d" % self.port
@@ -80,6 +81,7 @@ class Rig:
             "GLMTTS_PATHS_OUTPUT_DIR": os.path.join(root, "outputs"), "GLMTTS_PATHS_PROMPT_ROOT": os.path.join(root, "prompts"),
             "PYTHONPATH": REPO, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False",
         })
+        env.update(env_extra or {})
         self.supervisord = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", self.conf],
                                             env=env, cwd=root, stdin=subprocess.DEVNULL,
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
