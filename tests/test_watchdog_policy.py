@@ -204,8 +204,11 @@ def test_crash_mid_cycle_leaves_consistent_state(rig):
 
 
 def test_dry_run_changes_nothing(rig):
+    from tests.test_watchdog_dryrun import tree
     wd, srv, mgr, clock, s = rig
-    wd.dry_run = True
-    rep = wd.check()
-    assert "dry_run" in rep.summary()
-    assert mgr.calls == [] and incidents(s) == []
+    before = tree(s.paths.state_dir)
+    dry = Watchdog(s, host=ClockedHost(clock), manager=mgr, runbooks=RUNBOOKS, dry_run=True)
+    rep = dry.check()
+    assert "dry_run" in rep.summary() and "service-down" in rep.summary(), rep.summary()
+    assert mgr.calls == [] and incidents(s) == [] and tree(s.paths.state_dir) == before
+    assert "service-down" in wd.check().summary()  # the real cycle still sees the fault

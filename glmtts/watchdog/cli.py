@@ -23,12 +23,12 @@ def build_parser():
     # SUPPRESS keeps a verb that does not repeat it from resetting the global one.
     verb = argparse.ArgumentParser(add_help=False)
     verb.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
-                      help="observe and decide, but only describe actions")
+                      help="observe and decide like a real cycle; change nothing (read-only host, unsaved state, no alerts)")
     p = argparse.ArgumentParser(prog="glmtts-watchdog", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Watch the glmtts service: probe /healthz, scan logs for failure signatures, "
                                             "run the matching runbook, verify with a smoke test, record and alert.")
     p.add_argument("--config", metavar="PATH", help="config file (default: $GLMTTS_CONFIG or /etc/glmtts/glmtts.toml)")
-    p.add_argument("--dry-run", action="store_true", help="observe and decide, but only describe actions")
+    p.add_argument("--dry-run", action="store_true", help="observe and decide like a real cycle; change nothing (read-only host, unsaved state, no alerts)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (repeat for debug)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("check", parents=[verb], help="one cycle (what the systemd timer runs); one-line summary, Nagios exit code")

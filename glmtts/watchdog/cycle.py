@@ -17,10 +17,10 @@ from . import checks, incidents, signatures
 from .actions import Context
 from .alerts import Alerter
 from .executor import execute
-from .host import Host
+from .host import Host, ReadOnlyHost
 from .incidents import Lifecycle
 from .instances import configured
-from .lock import CycleLock
+from .lock import CycleLock, NoLock
 from .managers import detect
 from .policy import BACKOFF, ESCALATE, OK, PLANNED, REMEDIATE, STOPPED, SUPPRESSED, WARNING, Policy
 from .probe import HEALTHY, LOADING, UNHEALTHY, Probe
@@ -77,7 +77,10 @@ class CycleReport:
 class Watchdog:
     def __init__(self, settings, host=None, manager=None, runbooks=None, dry_run=False, scanner=None):
         self.settings = settings
-        self.host = host or Host()
+        # A dry run is a read-only host plus unsaved state: it observes and decides like a
+        # real cycle and changes nothing (no signal, no unit change, no byte on disk, no
+        # alert), so the real cycle after it still sees the same fault.
+        self.host = ReadOnlyHost(host or Host()) if dry_run else (host or Host())
         self.manager = manager or detect(settings, self.host)
         self.runbooks = runbooks if runbooks is not None else load_all(default_dir(settings))
         self.dry_run = dry_run
@@ -85,13 +88,13 @@ class Watchdog:
         self.dir = watchdog_dir(settings)
         self.state_path = os.path.join(self.dir, "state.json")
         self.lock_path = os.path.join(self.dir, "cycle.lock")
-        self.incident_log = incidents.IncidentLog(incidents.incidents_path(settings))
+        self.incident_log = incidents.IncidentLog(incidents.incidents_path(settings), read_only=dry_run)
         self.instances = configured(settings, self.manager)
         self.manager_lines = []   # this cycle's lines of the manager's own log that tell its account
 
     # -- building blocks --------------------------------------------------------------
     def load_state(self):
-        return WatchdogState.load(self.state_path)
+        return WatchdogState.load(self.state_path, read_only=self.dry_run)
 
     def policy(self, state):
         wd = self.settings.watchdog
@@ -189,16 +192,22 @@ class Watchdog:
     # -- the cycle --------------------------------------------------------------------
     def check(self):
         report = CycleReport()
-        lock = CycleLock(self.lock_path)
+        # A dry run takes no lock: it writes nothing, and reads state written atomically.
+        lock = NoLock() if self.dry_run else CycleLock(self.lock_path)
         if not lock.acquire():
             report.add(EXIT_UNKNOWN, "another watchdog cycle is running (pid %s); did nothing" % lock.holder)
             return report
         try:
             state = self.load_state()
             alerter = self.alerter(state)
-            delivered, left = alerter.flush_spool()
-            if left:
-                report.lines.append("%d alert(s) still spooled" % left)
+            if self.dry_run:
+                left = len(alerter.spooled())
+                if left:
+                    report.lines.append("%d alert(s) spooled (a dry run sends none)" % left)
+            else:
+                delivered, left = alerter.flush_spool()
+                if left:
+                    report.lines.append("%d alert(s) still spooled" % left)
             shared = self.gather_shared(state)
             for i, inst in enumerate(self.instances):
                 left_open = self.close_interrupted(state, inst, alerter, report, shared)

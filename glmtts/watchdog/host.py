@@ -183,3 +183,51 @@ class Host:
 
 def _s(v):
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+# Verbs that change a unit or program; everything else the watchdog runs (systemctl
+# show/status/is-active, journalctl, supervisorctl status/pid/tail, nvidia-smi queries)
+# only reads.
+MUTATING_VERBS = {
+    "systemctl": {"start", "stop", "restart", "reload", "try-restart", "reload-or-restart", "try-reload-or-restart",
+                  "reset-failed", "kill", "clean", "freeze", "thaw", "enable", "disable", "reenable", "mask",
+                  "unmask", "daemon-reload", "daemon-reexec", "set-property", "isolate", "link", "edit"},
+    "supervisorctl": {"start", "stop", "restart", "signal", "reread", "update", "reload", "shutdown", "add",
+                      "remove", "clear"},
+    "nvidia-smi": {"-r", "--gpu-reset", "-pm", "--persistence-mode", "-e", "--ecc-config", "-c", "--compute-mode"},
+}
+
+
+def mutates(argv):
+    """True when argv would change the system (a unit, a program, a GPU's state)."""
+    if not argv:
+        return False
+    verbs = MUTATING_VERBS.get(os.path.basename(argv[0]))
+    if verbs is None and os.path.basename(argv[0]).startswith("python") and "supervisor.supervisorctl" in argv:
+        verbs = MUTATING_VERBS["supervisorctl"]
+    return bool(verbs) and any(a in verbs for a in argv[1:])
+
+
+class ReadOnlyHost:
+    """What `--dry-run` runs on: the real host for every read, and a refusal, logged and
+    kept in ``refused``, for every change (a signal, a mutating systemctl/supervisorctl
+    verb, a GPU reset). The actions already only describe themselves in a dry run; this
+    seam makes sure nothing they or a later change forget can act."""
+
+    def __init__(self, host):
+        self._host = host
+        self.refused = []
+
+    def __getattr__(self, name):
+        return getattr(self._host, name)
+
+    def run(self, argv, timeout=60.0):
+        if mutates(argv):
+            self.refused.append(list(argv))
+            log.warning("dry run: not running %s", " ".join(argv))
+            return Completed(list(argv), 1, "", "dry run: not run")
+        return self._host.run(argv, timeout=timeout)
+
+    def kill(self, pid, sig):
+        self.refused.append(["kill", "-%d" % int(sig), str(pid)])
+        log.warning("dry run: not sending signal %d to pid %d", int(sig), pid)

@@ -201,10 +201,13 @@ def new_id(unit, now):
 
 
 class IncidentLog:
-    def __init__(self, path):
+    def __init__(self, path, read_only=False):
         self.path = path
+        self.read_only = read_only  # a dry run reads the journal and writes nothing
 
     def append(self, incident):
+        if self.read_only:
+            return
         data = (json.dumps(incident.to_dict() if hasattr(incident, "to_dict") else incident,
                            ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)

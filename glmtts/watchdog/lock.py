@@ -47,3 +47,15 @@ class CycleLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+class NoLock:
+    """The lock a read-only (dry-run) cycle takes: none, and no lock file created."""
+
+    holder = None
+
+    def acquire(self):
+        return True
+
+    def release(self):
+        pass

@@ -7,12 +7,12 @@ from . import incidents
 from .actions import Context
 from .executor import execute
 from .instances import find
-from .lock import CycleLock
+from .lock import CycleLock, NoLock
 
 
 def exec_runbook(wd, runbook, unit=None):
     inst = find(wd.instances, unit or wd.settings.watchdog.unit)
-    lock = CycleLock(wd.lock_path)
+    lock = NoLock() if wd.dry_run else CycleLock(wd.lock_path)  # a dry run writes nothing
     if not lock.acquire():
         raise GlmttsError("another watchdog cycle is running (pid %s); try again in a moment" % lock.holder)
     try:

@@ -28,15 +28,16 @@ class WatchdogState:
 
     SECTIONS = ("scanner", "instances", "guards", "alerts_sent")
 
-    def __init__(self, path, data=None):
+    def __init__(self, path, data=None, read_only=False):
         self.path = path
+        self.read_only = read_only  # a dry run: decided on, never saved
         self.data = data or {}
         self.data.setdefault("version", VERSION)
         for s in self.SECTIONS:
             self.data.setdefault(s, {})
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, read_only=False):
         try:
             with open(path, "rb") as f:
                 data = json.loads(f.read().decode("utf-8"))
@@ -48,12 +49,17 @@ class WatchdogState:
             # Unreadable state must not stop the watchdog: keep the file for a human
             # and start afresh (scanner positions restart at the end of each log).
             bad = path + ".corrupt"
-            log.error("watchdog state %s is unreadable (%s); moved to %s, starting afresh", path, e, bad)
-            os.replace(path, bad)
+            if read_only:
+                log.error("watchdog state %s is unreadable (%s); a dry run starts afresh and leaves it", path, e)
+            else:
+                log.error("watchdog state %s is unreadable (%s); moved to %s, starting afresh", path, e, bad)
+                os.replace(path, bad)
             data = {}
-        return cls(path, data)
+        return cls(path, data, read_only)
 
     def save(self):
+        if self.read_only:
+            return
         atomic_write(self.path, json.dumps(self.data, indent=1, sort_keys=True).encode("utf-8"))
 
     def section(self, name):
