@@ -5,6 +5,7 @@ import os
 import shutil
 import threading
 import time
+import types
 
 from glmtts.watchdog import signatures
 from glmtts.watchdog.scanner import LogScanner
@@ -160,13 +161,22 @@ def test_xid_lines_map_to_nvidia_actions():
     assert signatures.XID_ACTIONS[79] == "reboot" and signatures.XID_ACTIONS[43] == "ignore"
 
 
-def _writer(path, n, rotate_every, mode, lock, stop_at):
+def _writer(path, n, rotate_every, mode, lock, stop_at, scans):
     """Write n signature lines, rotating every rotate_every lines. The rotation itself is
-    atomic w.r.t. the writer (as logrotate + SIGHUP reopen are), never w.r.t. the scanner."""
+    atomic w.r.t. the writer (as logrotate + SIGHUP reopen are), never w.r.t. the scanner.
+    After each rotation the writer waits for a scan that started after it (``scans``, a
+    counter): on a server logrotate runs daily and the scanner every few minutes, so a log
+    never regrows to its pre-rotation size (copytruncate) or rotates twice (rename) between
+    two scans. Without the wait a loaded machine lets this writer outrun the scanner, and
+    a copytruncated file of identical lines regrown past the old offset is
+    indistinguishable from the same file grown (same inode, same bytes before it)."""
     f = open(path, "ab", buffering=0)
     gen = 0
     for i in range(n):
-        f.write(("2025-01-01 00:00:00,000 ERROR line %d RuntimeError: CUDA error: an illegal memory access was encountered\n" % i).encode())
+        # the line number last: within the scanner's FINGERPRINT bytes, as a real log's
+        # varying timestamps and request ids are (identical lines would make the bytes
+        # before an offset the same in every rotated copy)
+        f.write(("2025-01-01 00:00:00,000 ERROR RuntimeError: CUDA error: an illegal memory access was encountered (line %d)\n" % i).encode())
         if i and i % rotate_every == 0:
             with lock:
                 gen += 1
@@ -178,6 +188,11 @@ def _writer(path, n, rotate_every, mode, lock, stop_at):
                 else:
                     shutil.copyfile(path, "%s.%d" % (path, gen))
                     os.truncate(path, 0)
+            seen = scans.value
+            deadline = time.monotonic() + 60
+            while scans.value < seen + 2:  # the scan under way may predate the rotation
+                assert time.monotonic() < deadline, "the scanner stopped scanning"
+                time.sleep(0.001)
         if i % 50 == 0:
             time.sleep(0.001)
     f.close()
@@ -189,14 +204,15 @@ def _race(tmp_path, mode):
     open(log, "wb").close()
     sc = LogScanner()
     pos = sc.scan(log, None).position
-    lock, done = threading.Lock(), threading.Event()
+    lock, done, scans = threading.Lock(), threading.Event(), types.SimpleNamespace(value=0)
     n, every = 3000, 400
-    t = threading.Thread(target=_writer, args=(log, n, every, mode, lock, done))
+    t = threading.Thread(target=_writer, args=(log, n, every, mode, lock, done, scans))
     t.start()
     fatal = segv = 0
     while True:
         finished = done.is_set()
         res = sc.scan(log, pos)
+        scans.value += 1
         pos = res.position
         fatal += res.counts.get("cuda_fatal", 0)
         segv += res.counts.get("segfault", 0)

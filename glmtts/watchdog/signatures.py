@@ -86,6 +86,9 @@ SIGNATURES = (
     S("cuda_oom", "warning", "log", (
         r"CUDA out of memory",
         r"OutOfMemoryError",
+        # c10's form for cudaErrorMemoryAllocation outside the caching allocator (cuBLAS
+        # workspaces, cudaMalloc in an extension): cuda_fatal's look-ahead leaves it here.
+        r"CUDA error: out of memory",
     ), description="CUDA ran out of memory; harmless if the service stays healthy"),
     S("unexpected_exit", "critical", "log", (
         r"exited: \S+ \(.*not expected\)",
