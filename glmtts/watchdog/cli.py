@@ -42,6 +42,11 @@ def build_parser():
     show.add_argument("id")
     ex = rbs.add_parser("exec", parents=[verb], help="run a runbook's steps now (records an incident; "
                                                       "--dry-run only describes the steps)")
+    ren = rbs.add_parser("render", parents=[verb], help="print a runbook with its generated steps section "
+                                                        "(--write: update the file in place)")
+    ren.add_argument("id", nargs="?", help="runbook id (default: all)")
+    ren.add_argument("--write", action="store_true", help="rewrite the runbook file(s) (atomically)")
+    ren.add_argument("--check", action="store_true", help="exit 1 if a file's generated section is stale")
     ex.add_argument("id")
     ex.add_argument("--unit", help="instance to act on (default: watchdog.unit)")
     ex.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -106,6 +111,8 @@ def cmd_runbook(args):
         for rb in runbooks.values():
             print("%-12s %-9s %-40s triggers: %s" % (rb.id, rb.severity, rb.title, ", ".join(rb.triggers)))
         return 0
+    if args.rb_command == "render":
+        return _render(runbooks, args)
     rb = runbooks.get(args.id)
     if rb is None:
         raise GlmttsError("no runbook %r; runbooks: %s" % (args.id, ", ".join(runbooks)))
@@ -127,6 +134,29 @@ def cmd_runbook(args):
         print("%-20s %-8s %6.1fs  %s" % (st["action"], st["status"], st["duration_s"], st["detail"]))
     print(inc.summary())
     return 0 if inc.state in ("recovered", "dry_run") else 2
+
+
+def _render(runbooks, args):
+    from .. import fsutil
+    from .runbook import rendered
+    if args.id and args.id not in runbooks:
+        raise GlmttsError("no runbook %r; runbooks: %s" % (args.id, ", ".join(runbooks)))
+    stale = []
+    for rb in [runbooks[args.id]] if args.id else list(runbooks.values()):
+        with open(rb.path, encoding="utf-8") as f:
+            text = f.read()
+        new = rendered(text, rb)
+        if new != text:
+            stale.append(rb.path)
+        if args.write and new != text and not args.dry_run:
+            fsutil.atomic_write(rb.path, new.encode("utf-8"), mode=0o644)
+            print("updated %s" % rb.path)
+        elif not args.write and not args.check:
+            sys.stdout.write(new)
+    if args.check and stale:
+        print("stale generated steps in: %s (run `glmtts-watchdog runbook render --write`)" % ", ".join(stale))
+        return 1
+    return 0
 
 
 def cmd_incidents(args):

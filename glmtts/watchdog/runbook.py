@@ -162,6 +162,47 @@ def load_all(directory):
     return out
 
 
+# The part of "## What the automation does" generated from the front matter, so the prose a
+# person reads and the steps the watchdog runs cannot drift apart: `glmtts-watchdog runbook
+# render ID --write` rewrites it; tests/test_watchdog_runbooks.py fails when it is stale.
+STEPS_BEGIN = "<!-- steps: generated from the front matter by `glmtts-watchdog runbook render`; do not edit -->"
+STEPS_END = "<!-- end of generated steps -->"
+
+
+def _describe(step):
+    action = resolve(step.action)
+    params = dict(step.params)
+    when = params.pop("when", None)
+    shown = ", ".join("%s=%s" % (k, v) for k, v in sorted(params.items()))
+    head = "`%s`%s%s" % (step.action, " (%s)" % shown if shown else "", ", only if /healthz still fails" if when == "unhealthy" else "")
+    return "%s: %s" % (head, action.summary) if action is not None and action.summary else head
+
+
+def steps_markdown(rb):
+    """The generated block: each step with its parameters and what its action does."""
+    out = [STEPS_BEGIN, "Steps:"]
+    out += ["%d. %s" % (i, _describe(st)) for i, st in enumerate(rb.steps, 1)]
+    if rb.on_failure:
+        out.append("")
+        out.append("If the service is still not verified afterwards:")
+        out += ["%d. %s" % (i, _describe(st)) for i, st in enumerate(rb.on_failure, 1)]
+    out.append(STEPS_END)
+    return "\n".join(out)
+
+
+def rendered(text, rb):
+    """text (a runbook file) with its generated steps block replaced by the current one,
+    inserted right under "## What the automation does" if it has none yet."""
+    block = steps_markdown(rb)
+    if STEPS_BEGIN in text and STEPS_END in text:
+        head, rest = text.split(STEPS_BEGIN, 1)
+        return head + block + rest.split(STEPS_END, 1)[1]
+    m = re.search(r"^## What the automation does[^\n]*\n", text, re.M)
+    if not m:
+        raise RunbookError("%s: no '## What the automation does' section to put the steps in" % rb.path)
+    return text[:m.end()] + block + "\n\n" + text[m.end():]
+
+
 def for_signature(runbooks, name):
     """The runbook that triggers on signature name (the first by id), or None."""
     for rb in sorted(runbooks.values(), key=lambda r: r.id):
