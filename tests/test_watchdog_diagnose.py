@@ -26,7 +26,7 @@ def test_diagnose_follows_the_story_and_names_the_runbook_the_cycle_runs(tmp_pat
         wd = Watchdog(s, host=ClockedHost(FakeClock()), manager=mgr, runbooks=RUNBOOKS)
         write(s, "2026-12-01T10:00:00.000Z ERROR service.worker: RuntimeError: CUDA error: an illegal memory access was encountered\n")
         item = diagnose.report(wd)["instances"][0]
-        assert item["runbook_id"] == "cuda-fatal" and item["decision"] == "remediate"
+        assert item["runbook_id"] == "cuda-fatal" and item["decision"] == "remediating"
         wd.check()  # the cycle handles the CUDA error
         assert IncidentLog(incidents_path(s)).read()[-1]["runbook"] == "cuda-fatal"
 

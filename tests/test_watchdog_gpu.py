@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from glmtts.watchdog.actions import Context
-from glmtts.watchdog.executor import execute
+from glmtts.watchdog.executor import run_runbook
 from glmtts.watchdog.host import GpuInfo
 from glmtts.watchdog.incidents import Incident
 from glmtts.watchdog.instances import Instance
@@ -36,7 +36,7 @@ def run_gpu_xid(tmp_path, xid, reset_rc=0, gpus=None, euid=0, gpu_reset=True):
         line = "kernel: NVRM: Xid (PCI:0000:3b:00): %d, pid=4242, name=python" % xid
         inc = Incident("i1", "glmtts", srv.url, 0.0, ["gpu_xid"], [{"signature": "gpu_xid", "line": line, "path": "kern", "at": None}])
         ctx = Context(s, Instance("glmtts", srv.url, {}), host, mgr, inc, False, None)
-        execute(RUNBOOKS["gpu-xid"], ctx)
+        run_runbook(RUNBOOKS["gpu-xid"], ctx)
     made = calls.read_text().split("\n")[:-1] if calls.exists() else []
     return inc, mgr.calls, made
 

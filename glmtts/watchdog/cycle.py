@@ -16,7 +16,7 @@ from .. import watchdog_token
 from . import checks, incidents, signatures
 from .actions import Context
 from .alerts import Alerter
-from .executor import execute
+from .executor import run_runbook
 from .host import Host, ReadOnlyHost
 from .incidents import Lifecycle
 from .instances import configured
@@ -103,8 +103,8 @@ class Watchdog:
     def alerter(self, state):
         return Alerter.from_settings(self.settings, state.section("alerts_sent"), clock=self.host.clock.now)
 
-    def lifecycle(self, alerter):
-        return Lifecycle(self.incident_log, alerter, self.host.clock.now, self.dry_run)
+    def lifecycle(self, alerter, guard=None):
+        return Lifecycle(self.incident_log, alerter, self.host.clock.now, self.dry_run, guard)
 
     def probe(self, instance):
         wd = self.settings.watchdog
@@ -265,29 +265,21 @@ class Watchdog:
             inc.page = False
             inc.notes.append({"page": d.reason})
         report.incidents.append(inc)
-        lc = self.lifecycle(alerter)
-        # opened -> escalated, or a runbook step that asks for a human: the guard stops acting.
-        lc.on_enter[IncidentState.ESCALATED] = [lambda i: policy.escalate(i.unit, i.reason, i.id, self.host.clock.now())]
+        # The guard is an effect of the lifecycle: entering escalated stops it acting for
+        # this instance, entering recovered resets the runbook's counter.
+        lc = self.lifecycle(alerter, guard=policy)
         lc.open(inc)
-        if d.kind == WARNING:
+        if d.kind != REMEDIATE:  # warning, or escalated (the rate limit is spent)
             inc.reason = d.reason
-            lc.advance(inc, IncidentState.WARNING, d.reason)
-            report.add(EXIT_WARNING, inc.summary())
+            lc.advance(inc, d.kind, d.reason)
+            report.add(EXIT_WARNING if d.kind == WARNING else EXIT_CRITICAL, inc.summary())
             return inc
-        if d.kind == ESCALATE:
-            inc.reason = d.reason
-            lc.advance(inc, IncidentState.ESCALATED, d.reason)
-            report.add(EXIT_CRITICAL, inc.summary())
-            return inc
-        assert d.kind == REMEDIATE
         ctx = Context(self.settings, inst, self.host, self.manager, inc, self.dry_run, alerter, lc)
         if not self.dry_run:
             policy.begin(inst.unit, d.runbook.id, now)
             state.save()  # the attempt counts even if this process dies mid-runbook
             lc.closing.append(lambda i: self.after_remediation(state, i, shared))
-        execute(d.runbook, ctx)
-        if inc.state == IncidentState.RECOVERED:
-            policy.verified(inst.unit, d.runbook.id)
+        run_runbook(d.runbook, ctx)
         code = {IncidentState.RECOVERED: EXIT_WARNING, IncidentState.DRY_RUN: EXIT_CRITICAL}.get(inc.state, EXIT_CRITICAL)
         report.add(code, inc.summary())
         return inc

@@ -78,14 +78,13 @@ def _run_steps(steps, ctx, section):
 
 
 def execute(runbook, ctx):
-    """Run runbook for ctx.incident (already OPENED); leave it in a terminal state.
-    Its state changes go through ctx.lifecycle (journal, alerts); none given: in memory only."""
+    """Run runbook's steps for ctx.incident (the lifecycle has it REMEDIATING) and say how
+    they ended: (state, reason), state one of RECOVERED, FAILED, ESCALATED, DRY_RUN. Each
+    step is journaled ahead through ctx.lifecycle.save; the state change is the caller's
+    (Lifecycle.remediate)."""
     inc = ctx.incident
     if ctx.lifecycle is None:
         ctx.lifecycle = Lifecycle(clock=ctx.host.clock.now)
-    lc = ctx.lifecycle
-    inc.runbook, inc.runbook_path, inc.escalate = runbook.id, runbook.path, runbook.escalate
-    lc.advance(inc, IncidentState.REMEDIATING, "runbook %s" % runbook.id)
     # A smoke test that fails is a failed step, so "ok" always means verified (or no
     # smoke test in the runbook, e.g. bad-batch run by hand).
     outcome, verified = _run_steps(runbook.steps, ctx, "steps")
@@ -94,12 +93,18 @@ def execute(runbook, ctx):
         outcome, verified = _run_steps(runbook.on_failure, ctx, "on_failure")
     inc.ended_at = ctx.host.clock.now()
     if ctx.dry_run:
-        lc.advance(inc, IncidentState.DRY_RUN, "dry run: nothing was changed")
-    elif outcome == "escalate":
-        lc.advance(inc, IncidentState.ESCALATED, inc.reason)
-    elif outcome == "failed":
-        lc.advance(inc, IncidentState.FAILED, inc.reason)
-    else:
-        inc.reason = "verified by the smoke test" if verified else "steps completed"
-        lc.advance(inc, IncidentState.RECOVERED, inc.reason)
-    return inc
+        return IncidentState.DRY_RUN, "dry run: nothing was changed"
+    if outcome == "escalate":
+        return IncidentState.ESCALATED, inc.reason
+    if outcome == "failed":
+        return IncidentState.FAILED, inc.reason
+    return IncidentState.RECOVERED, "verified by the smoke test" if verified else "steps completed"
+
+
+def run_runbook(runbook, ctx):
+    """The whole remediation through the lifecycle: remediating, the steps, their end."""
+    inc = ctx.incident
+    if ctx.lifecycle is None:
+        ctx.lifecycle = Lifecycle(clock=ctx.host.clock.now)
+    inc.runbook, inc.runbook_path, inc.escalate = runbook.id, runbook.path, runbook.escalate
+    return ctx.lifecycle.remediate(inc, runbook, lambda: execute(runbook, ctx))

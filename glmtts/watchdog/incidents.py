@@ -260,26 +260,41 @@ def fold(records):
 
 
 class Lifecycle:
-    """The one place an incident changes state. Each change is journaled before its
-    effects (alerts, the guard), so a watchdog killed at any point leaves a record the
-    next cycle can close; a dry run journals and alerts nothing.
+    """The one place an incident changes state: ``advance(incident, state, reason)``
+    validates the arrow (states.INCIDENT_TRANSITIONS), logs it by meaning, and runs that
+    state's entry effects from one table, ``ENTRY``, in its order:
 
-    ``on_enter`` maps a state to extra effects, called with the incident after the
-    journal write (the cycle registers the guard's escalation there); ``closing`` runs
-    before a terminal state is journaled, so the closing record and alert carry the
-    final times and what the remediation itself caused."""
+    - ``close``: the closing hooks (what a remediation itself caused, the final times),
+      before a terminal state is journaled, so the record and the alert carry them;
+    - ``journal``: the record, whole, appended before any other effect (write-ahead: a
+      watchdog killed right after leaves a record the next cycle can close);
+    - ``guard_escalate`` / ``guard_verified``: the remediation guard (``guard``, the
+      policy) stops acting for the instance, or a verified runbook's counter resets;
+    - ``alert``: opened / warning / recovered / failed / escalated / interrupted.
 
+    A dry run journals, guards and alerts nothing. The executor only runs steps and says
+    how they ended; the cycle (and `runbook exec`) ask the lifecycle to advance."""
+
+    ENTRY = {
+        IncidentState.REMEDIATING: ("journal", "alert"),
+        IncidentState.WARNING: ("close", "journal", "alert"),
+        IncidentState.RECOVERED: ("close", "journal", "guard_verified", "alert"),
+        IncidentState.FAILED: ("close", "journal", "alert"),
+        IncidentState.ESCALATED: ("close", "journal", "guard_escalate", "alert"),
+        IncidentState.DRY_RUN: ("close", "journal"),
+        IncidentState.INTERRUPTED: ("close", "journal", "alert"),
+    }
     ALERT_AS = {IncidentState.REMEDIATING: "opened", IncidentState.RECOVERED: IncidentState.RECOVERED,
                 IncidentState.FAILED: IncidentState.FAILED, IncidentState.ESCALATED: IncidentState.ESCALATED,
                 IncidentState.WARNING: IncidentState.WARNING, IncidentState.INTERRUPTED: IncidentState.INTERRUPTED}
 
-    def __init__(self, journal=None, alerter=None, clock=time.time, dry_run=False):
+    def __init__(self, journal=None, alerter=None, clock=time.time, dry_run=False, guard=None):
         self.journal = journal
         self.alerter = alerter
         self.clock = clock
         self.dry_run = dry_run
-        self.on_enter = {}
-        self.closing = []
+        self.guard = guard      # escalate(unit, reason, incident_id, now), verified(unit, runbook_id)
+        self.closing = []       # hooks run once, as the incident reaches a terminal state
 
     def save(self, inc):
         if self.journal is not None and not self.dry_run:
@@ -290,20 +305,34 @@ class Lifecycle:
         self.save(inc)
 
     def advance(self, inc, new, reason):
-        if new in INCIDENT_TERMINAL and inc.state not in INCIDENT_TERMINAL:
-            for hook in self.closing:
-                hook(inc)
-        incident_transition(inc, new, reason)
+        closing = new in INCIDENT_TERMINAL and inc.state not in INCIDENT_TERMINAL
+        incident_transition(inc, new, reason)  # raises on an arrow the table does not have
         if new in INCIDENT_TERMINAL:
             inc.ended_at = inc.ended_at or self.clock()
             inc.current_step = None
-        self.save(inc)
-        for effect in self.on_enter.get(new, ()):
-            effect(inc)
-        what = self.ALERT_AS.get(new)
-        if what and self.alerter is not None and not self.dry_run:
-            self.alert(inc, what)
-            self.save(inc)  # the alert's result, so the next cycle knows what was sent
+        for effect in self.ENTRY.get(new, ("journal",)):
+            if effect == "close" and closing:
+                for hook in self.closing:
+                    hook(inc)
+                self.closing = []
+            elif effect == "journal":
+                self.save(inc)
+            elif effect == "guard_escalate" and self.guard is not None and not self.dry_run:
+                self.guard.escalate(inc.unit, inc.reason or reason, inc.id, self.clock())
+            elif effect == "guard_verified" and self.guard is not None and not self.dry_run and inc.runbook:
+                self.guard.verified(inc.unit, inc.runbook)
+            elif effect == "alert" and self.alerter is not None and not self.dry_run:
+                self.alert(inc, self.ALERT_AS[new])
+                self.save(inc)  # the alert's result, so the next cycle knows what was sent
+
+    def remediate(self, inc, runbook, run_steps):
+        """opened -> remediating -> the state the steps ended in. ``run_steps()`` (the
+        executor) runs them and returns (state, reason)."""
+        self.advance(inc, IncidentState.REMEDIATING, "runbook %s" % runbook.id)
+        state, reason = run_steps()
+        inc.reason = reason
+        self.advance(inc, state, reason)
+        return inc
 
     def alert(self, inc, what):
         severity = "critical" if what in (IncidentState.FAILED, IncidentState.ESCALATED) else inc.severity

@@ -5,7 +5,7 @@ does not count against the remediation rate limit."""
 from ..errors import GlmttsError
 from . import incidents
 from .actions import Context
-from .executor import execute
+from .executor import run_runbook
 from .instances import find
 from .lock import CycleLock, NoLock
 
@@ -23,7 +23,7 @@ def exec_runbook(wd, runbook, unit=None):
         ctx = Context(wd.settings, inst, wd.host, wd.manager, inc, wd.dry_run,
                       wd.alerter(wd.load_state()), lc)
         lc.open(inc)
-        execute(runbook, ctx)
+        run_runbook(runbook, ctx)
         return inc
     finally:
         lock.release()

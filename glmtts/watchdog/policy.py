@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from . import signatures
 from .probe import UNHEALTHY
 from .runbook import for_signature
-from .states import GuardState, guard_transition
+from .states import GuardState, IncidentState, guard_transition
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,11 @@ log = logging.getLogger(__name__)
 def _iso(t):
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
-OK, WARNING, REMEDIATE, ESCALATE, SUPPRESSED, STOPPED = "ok", "warning", "remediate", "escalate", "suppressed", "stopped"
-PLANNED, BACKOFF = "planned", "backoff"
+# What decide() returns. An incident's target state when the findings are an incident
+# (the lifecycle's own names: there is one vocabulary), or a verdict that opens none.
+WARNING, REMEDIATE, ESCALATE = IncidentState.WARNING, IncidentState.REMEDIATING, IncidentState.ESCALATED
+INCIDENT_DECISIONS = (WARNING, REMEDIATE, ESCALATE)
+OK, SUPPRESSED, STOPPED, PLANNED, BACKOFF = "ok", "suppressed", "stopped", "planned", "backoff"
 # Findings an operator's planned stop/restart explains by itself (no process died unasked).
 PLANNED_SYMPTOMS = frozenset(("unhealthy",))
 BACKOFF_SIGNATURES = frozenset(("fault_burst",))

@@ -35,7 +35,6 @@ INCIDENT_TRANSITIONS = {
         IncidentState.REMEDIATING,   # opened -> remediating: a runbook was chosen and allowed
         IncidentState.WARNING,       # opened -> warning: e.g. an OOM line while /healthz is fine
         IncidentState.ESCALATED,     # opened -> escalated: the rate limit is spent
-        IncidentState.DRY_RUN,       # opened -> dry_run: --dry-run only describes the steps
         IncidentState.INTERRUPTED,   # opened -> interrupted: the cycle died before deciding
     ),
     IncidentState.REMEDIATING: (
@@ -44,9 +43,6 @@ INCIDENT_TRANSITIONS = {
         IncidentState.ESCALATED,     # remediating -> escalated: a step asked for a human (GPU off the bus)
         IncidentState.DRY_RUN,       # remediating -> dry_run: `runbook exec --dry-run`
         IncidentState.INTERRUPTED,   # remediating -> interrupted: the cycle died mid-runbook
-    ),
-    IncidentState.FAILED: (
-        IncidentState.ESCALATED,     # failed -> escalated: the failure spent the rate limit
     ),
 }
 
