@@ -5,12 +5,28 @@ inference worker at BATCH priority (interactive requests are always taken first)
 task is submitted only when the previous one finished, so a batch never holds more than
 one place in the worker's queue. Unfinished jobs resume by themselves once the engine
 is warm (a ``runtime.on_ready`` hook), after a crash, kill -9 or restart.
+
+Replicas: any number of service processes may share one paths.state_dir. A job runs in
+the one that holds its lease (glmtts/batch/lease.py); the others look again every
+HELD_POLL_S and take it over when its holder releases it (a drain), dies on this node
+(at once) or stops renewing it for batch.lease_s (another host, a frozen process). A job
+submitted to one replica may be run by another.
+
+Drain: ``shutdown()`` (returns at once) stops the runner at the next task boundary: a
+task still waiting in the worker's queue is withdrawn, one the engine is running may
+finish (until server.drain_timeout_s - RELEASE_S after the call, then it is abandoned
+and redone by the next holder); the finished tasks are journalled, the job goes back to
+queued and its lease is released, so another replica takes it over within HELD_POLL_S.
+``join(timeout)`` waits for that; the runner thread is gone within server.drain_timeout_s
+of ``shutdown()``. The same happens at interpreter exit if nobody called it.
 """
 
 import asyncio
+import atexit
 import concurrent.futures
 import logging
 import threading
+import weakref
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -18,7 +34,7 @@ from prometheus_client import Counter, Gauge
 
 from glmtts.batch import states
 from glmtts.batch.archive import iter_zip
-from glmtts.batch.runner import Runner, Stopped
+from glmtts.batch.runner import JobBusy, Runner, Stopped
 from glmtts.batch.store import JobStore, check_output_space
 from glmtts.batch.validate import validate_bytes
 from glmtts.errors import DiskFullError, GlmttsError, InputError
@@ -30,15 +46,18 @@ from .worker import BATCH
 log = logging.getLogger(__name__)
 
 RATE_LIMITED.add(("POST", "/v1/batches"))
-IDLE_POLL_S = 5.0  # the runner thread also wakes at once when a job is submitted
+IDLE_POLL_S = 5.0  # the runner thread also wakes at once when a job is submitted here
+HELD_POLL_S = 1.0  # how often a job another replica holds is looked at again (one small read)
+RELEASE_S = 2.0  # of the drain budget, kept for journalling and releasing the lease
 
 
 class WorkerSynthesizer:
     """The runner's seam onto the shared worker."""
 
-    def __init__(self, worker, stop):
+    def __init__(self, worker, stop, finish_by=lambda: None):
         self.worker = worker
         self.stop = stop
+        self.finish_by = finish_by  # worker-clock deadline for a running task once stopped
 
     def _call(self, submit):
         while True:
@@ -57,13 +76,24 @@ class WorkerSynthesizer:
             try:
                 return job.future.result(timeout=0.5)
             except concurrent.futures.TimeoutError:
+                pass
+            except Exception:
                 if self.stop.is_set():
+                    # The stop ended it (a withdrawn or expired job), not the task: no
+                    # failure is journalled, and whoever runs the job next redoes it.
+                    raise Stopped() from None
+                raise
+            if self.stop.is_set():
+                # Still queued: withdraw it, the drain need not wait for it. Running: let
+                # it finish (its output is then journalled) unless the drain is out of time.
+                deadline = self.finish_by()
+                if job.started_at is None or deadline is None or self.worker.clock() >= deadline:
                     job.cancelled = True
                     raise Stopped() from None
-                if job.started_at is not None and self.worker.clock() - job.started_at > limit:
-                    job.cancelled = True
-                    raise SynthesisTimeout("synthesis took longer than limits.request_timeout_s = %g s" % limit) \
-                        from None
+            if job.started_at is not None and self.worker.clock() - job.started_at > limit:
+                job.cancelled = True
+                raise SynthesisTimeout("synthesis took longer than limits.request_timeout_s = %g s" % limit) \
+                    from None
 
     def synthesize(self, request):
         return self._call(lambda: self.worker.synthesize(request, BATCH))
@@ -84,6 +114,7 @@ class BatchService:
         self.wake = threading.Event()
         self.current = None
         self._thread = None
+        self._finish_by = None
         self._counted = (0, 0)
         r = runtime.metrics.registry
         self.tasks_total = Counter("glmtts_batch_tasks_total", "Batch tasks finished by this process, by outcome.",
@@ -109,16 +140,65 @@ class BatchService:
                 log.info("batch: %d unfinished job(s) to resume: %s", len(pending), ", ".join(j.id for j in pending))
             self._thread = threading.Thread(target=self._loop, name="glmtts-batch", daemon=True)
             self._thread.start()
+            # A process that ends without a drain still checkpoints and releases its lease.
+            ref = weakref.ref(self)
+            atexit.register(lambda: ref() is not None and ref()._at_exit())
 
     def shutdown(self):
+        """Stop at the next task boundary and release the lease (see the module doc).
+        Returns at once: safe on the event loop; ``join`` waits."""
+        if self._finish_by is None:
+            budget = max(0.0, self.settings.server.drain_timeout_s - RELEASE_S)
+            self._finish_by = self.runtime.worker.clock() + budget
         self.stop.set()
         self.wake.set()
 
+    def join(self, timeout=None):
+        """Wait up to ``timeout`` s (default server.drain_timeout_s) for the runner thread
+        to stop. True once it has (its lease is released)."""
+        thread = self._thread
+        if thread is None:
+            return True
+        thread.join(self.settings.server.drain_timeout_s if timeout is None else timeout)
+        return not thread.is_alive()
+
+    def _at_exit(self):
+        if self._thread is not None and self._thread.is_alive():
+            self.shutdown()
+            if not self.join():
+                log.warning("batch: the runner did not stop within server.drain_timeout_s; its lease expires "
+                            "by itself in batch.lease_s")
+
+    def _pick(self, jobs):
+        """The first job nobody runs; and the ones other replicas hold."""
+        held = []
+        for job in jobs:
+            if job.status not in states.RESUMABLE:
+                continue
+            if job.locked_by_other():
+                held.append(job.id)
+                continue
+            return job, held
+        return None, held
+
     def _loop(self):
+        held = []
+        next_scan = 0.0
+        clock = self.runtime.worker.clock
         while not self.stop.is_set():
-            job = next((j for j in self.store.resumable("service") if not j.locked_by_other()), None)
+            try:
+                if clock() >= next_scan:
+                    next_scan = clock() + IDLE_POLL_S
+                    jobs = self.store.resumable("service")
+                else:  # between scans, only the jobs other replicas hold: one small read each
+                    jobs = [self.store.get(job_id) for job_id in held]
+                job, held = self._pick(jobs)
+            except Exception as e:  # e.g. a job deleted under us: look again later
+                log.warning("batch: scanning the job store failed: %s: %s", type(e).__name__, e)
+                job, held = None, []
             if job is None:
-                self.wake.wait(IDLE_POLL_S)
+                if self.wake.wait(HELD_POLL_S if held else max(0.0, next_scan - clock())):
+                    next_scan = 0.0
                 self.wake.clear()
                 continue
             self.current = job
@@ -126,14 +206,18 @@ class BatchService:
             self._counted = (len(progress.done), len(progress.failed))
             self._pending = progress.pending
             try:
-                Runner(job, WorkerSynthesizer(self.runtime.worker, self.stop), self.settings, stop=self.stop,
-                       on_progress=self._progress).run()
+                Runner(job, WorkerSynthesizer(self.runtime.worker, self.stop, lambda: self._finish_by), self.settings,
+                       stop=self.stop, on_progress=self._progress, role="service:%d" % self.settings.server.port).run()
+            except JobBusy as e:  # another replica took it a moment before us
+                log.debug("batch %s: %s", job.id, e)
             except Exception as e:  # keep serving other jobs; this one stays resumable
                 log.error("batch %s: runner stopped: %s: %s", job.id, type(e).__name__, e)
                 self.stop.wait(10.0)
             finally:
                 self.current = None
                 self._pending = 0
+                next_scan = 0.0  # more jobs may be waiting
+        log.info("batch: runner stopped")
 
     def submit(self, data, name, skip_invalid):
         report = validate_bytes(data, self.settings, name=name)

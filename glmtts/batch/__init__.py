@@ -1,5 +1,6 @@
 """Batch jobs: JSONL schema and validation, durable job store, resumable runner,
-retention. See store.py for the on-disk layout and the durability guarantees."""
+job leases for replicas sharing a state_dir, retention. See store.py for the on-disk
+layout and the durability guarantees, lease.py for what shared storage must offer."""
 
 from .schema import Problem, Task
 from .store import BatchJob, JobStore

@@ -13,12 +13,17 @@ Guarantees:
 - ENOSPC on an output or the journal pauses the job (nothing is failed), logs the
   ``enospc`` signature on stderr and resumes by itself once space is back;
 - a task that killed the process ``max_starts`` times is failed, so a poisonous line
-  cannot crash-loop the service forever.
+  cannot crash-loop the service forever;
+- only the holder of the job's lease runs it (lease.py): any number of processes may
+  share the state_dir. Every commit (journal record, output rename, state change) is
+  fenced first, so a process that lost its lease (froze past its expiry, its job taken
+  over) commits nothing more and stops; a stop releases the lease at once.
 """
 
 import collections
 import logging
 import os
+import re
 import threading
 import time
 
@@ -28,7 +33,8 @@ from .. import audio as audio_mod
 from ..engines.base import SynthesisRequest
 from ..errors import CudaFatalError, EngineOOMError, GlmttsError
 from . import states
-from .fsutil import Disk, is_disk_full
+from .fsutil import Disk, is_disk_full, unlink_quietly
+from .lease import INSTANCE, Heartbeat, Lease, LeaseLost, describe
 from .speed import Speed
 from .validate import resolve_prompt
 
@@ -58,6 +64,12 @@ class Stopped(Exception):
     """The run was told to stop (shutdown or cancel) while waiting."""
 
 
+class JobBusy(GlmttsError):
+    """Another live process holds the job's lease."""
+
+    code = "batch_busy"
+
+
 def is_oom(exc):
     return isinstance(exc, EngineOOMError) or type(exc).__name__ == "OutOfMemoryError"
 
@@ -68,7 +80,8 @@ def is_cuda_fatal(exc):
 
 class Runner:
     def __init__(self, job, synthesizer, settings, *, disk=None, durable=True, stop=None, on_progress=None,
-                 max_starts=3, backoff=(0.5, 10.0), clock=time.monotonic, wall=time.time):
+                 max_starts=3, backoff=(0.5, 10.0), clock=time.monotonic, wall=time.time, role="cli",
+                 lease_s=None, node=None):
         self.job = job
         self.synth = synthesizer
         self.settings = settings
@@ -80,6 +93,11 @@ class Runner:
         self.backoff = backoff
         self.clock = clock
         self.wall = wall
+        self.role = role
+        self.lease_s = settings.batch.lease_s if lease_s is None else lease_s
+        self.node = node
+        self.lease = None
+        self.lease_token = None
         self._prompts = collections.OrderedDict()  # real path -> (audio, rate): an LRU
         self.compute_s = 0.0
         self.audio_s = 0.0
@@ -88,62 +106,99 @@ class Runner:
     # -- the loop -------------------------------------------------------------------
 
     def run(self):
-        """Run until every task has an outcome, or stop/cancel. Returns the summary."""
+        """Run until every task has an outcome, or stop/cancel. Returns the summary.
+        Raises JobBusy when another live process holds the job's lease."""
         job = self.job
         if job.status in states.FINISHED:
             return job.summary()
-        # a status query may hold the lock for an instant (BatchJob.locked_by_other)
-        for _ in range(20):
-            if job.try_lock():
+        lease = Lease(job.dir, self.lease_s, role=self.role, clock=self.wall, node=self.node)
+        for _ in range(3):  # a replica that is releasing it is done within milliseconds
+            if lease.acquire():
                 break
             time.sleep(0.05)
         else:
-            raise GlmttsError("batch job %s is being run by another process right now (see %s)"
-                              % (job.id, os.path.join(job.dir, "lock")), code="batch_busy")
+            holder = lease.holder() or {}
+            raise JobBusy("batch job %s is being run by %s, whose lease runs until %s (renewed every %g s); it "
+                          "finishes the job, or another replica takes it over once that lease expires" % (
+                              job.id, describe(holder.get("owner")),
+                              time.strftime("%H:%M:%S", time.localtime(holder.get("expires_at", 0))),
+                              self.lease_s / 3))
+        self.lease = job.lease = lease
+        self.lease_token = lease.token  # names this run's temp files, also after a loss
         try:
-            os.makedirs(job.out_dir, exist_ok=True)
-            self._remove_temp_files()
-            progress = job.progress()
-            tasks = job.tasks
-            if job.cancel_requested():
-                return self._finish(states.CANCELLED, progress, "cancelled on request")
-            job.transition(states.RUNNING, now=self.wall(), reason=None)
-            for task in tasks:
-                if progress.finished(task.index):
-                    continue
-                if self.stop.is_set():
-                    job.transition(states.QUEUED, now=self.wall(), reason="stopped; resumes on the next run")
-                    return job.summary()
-                if job.cancel_requested():
-                    return self._finish(states.CANCELLED, progress, "cancelled on request")
-                try:
-                    rec = self._run_task(task, progress.starts.get(task.index, 0))
-                except Stopped:
-                    if job.cancel_requested():
-                        return self._finish(states.CANCELLED, progress, "cancelled on request")
-                    job.transition(states.QUEUED, now=self.wall(), reason="stopped; resumes on the next run")
-                    return job.summary()
-                progress.add(rec)
-                if self.on_progress:
-                    self.on_progress(job, progress)
-            return self._finish(states.DONE, progress, None)
+            job.reload()  # another replica may have finished or cancelled it meanwhile
+            if job.status in states.FINISHED:
+                return job.summary()
+            with Heartbeat(lease):
+                return self._run_held()
+        except LeaseLost as e:
+            # Not an error of the job: whoever holds the lease now finishes it.
+            log.warning("batch %s: lease lost (%s): stopped without committing more; the holder of the lease "
+                        "finishes the job", job.id, e)
+            self._remove_temp_files(only_mine=True)
+            return job.summary()
         finally:
-            job.unlock()
+            released = lease.release()
+            job.lease = None
+            job.journal.close()
+            if released and job.status in states.RESUMABLE:
+                log.info("batch %s: lease released; another replica (or the next start) resumes the job", job.id)
             if self.ran:
                 Speed.load(self.settings).record(job.state.get("engine") or self.settings.engine.name,
                                                  self.ran, self.compute_s, self.audio_s)
 
+    def _run_held(self):
+        job = self.job
+        os.makedirs(job.out_dir, exist_ok=True)
+        self._remove_temp_files()
+        progress = job.progress(repair=True)
+        tasks = job.tasks
+        if job.cancel_requested():
+            return self._finish(states.CANCELLED, progress, "cancelled on request")
+        self._transition(states.RUNNING, None)
+        for task in tasks:
+            if progress.finished(task.index):
+                continue
+            if self.stop.is_set():
+                return self._stopped()
+            if job.cancel_requested():
+                return self._finish(states.CANCELLED, progress, "cancelled on request")
+            try:
+                rec = self._run_task(task, progress.starts.get(task.index, 0))
+            except Stopped:
+                if job.cancel_requested():
+                    return self._finish(states.CANCELLED, progress, "cancelled on request")
+                return self._stopped()
+            progress.add(rec)
+            if self.on_progress:
+                self.on_progress(self.job, progress)
+        return self._finish(states.DONE, progress, None)
+
+    def _stopped(self):
+        # running -> queued: every finished task is journalled; the task in hand (if it
+        # was abandoned) has no record, so whoever resumes the job redoes it.
+        self._transition(states.QUEUED, "stopped; resumes on the next run")
+        return self.job.summary()
+
+    def _transition(self, status, reason):
+        self.lease.fence()
+        self.job.transition(status, now=self.wall(), reason=reason)
+
     def _finish(self, status, progress, reason):
         if status == states.DONE and progress.failed:
             reason = "%d of %d tasks failed" % (len(progress.failed), progress.total)
-        self.job.transition(status, now=self.wall(), reason=reason)
+        self._transition(status, reason)
+        self._remove_temp_files()  # what a holder that lost its lease may have left meanwhile
         log.info("batch %s: %s: %d done, %d failed of %d", self.job.id, status, len(progress.done),
                  len(progress.failed), progress.total)
         return self.job.summary()
 
     def _run_task(self, task, starts):
         """Produce one task's output; return the journal record written for it."""
-        base = {"task": task.index, "line": task.line, "output_name": task.output_name}
+        # "by": which process (role and instance id, see lease.py) did it, for whoever
+        # reads the journal of a job that several replicas worked on
+        base = {"task": task.index, "line": task.line, "output_name": task.output_name,
+                "by": "%s/%s" % (self.role, INSTANCE)}
         if starts >= self.max_starts:
             reason = ("the process died %d times while synthesizing this task (crash or kill); skipped so the "
                       "job can finish" % starts)
@@ -171,9 +226,14 @@ class Runner:
                                      reason="the engine returned no usable audio for this text"))
         data = audio_mod.encode(audio, result.sample_rate, "wav")
         path = os.path.join(self.job.out_dir, task.filename)
-        tmp = os.path.join(self.job.out_dir, ".%s.%s.part" % (task.filename, self.job.id))
-        self._with_space(self.job.out_dir, len(data),
-                         lambda: self.disk.write_output(path, data, tmp=tmp, sync=self.durable))
+        # The temp name carries the lease: a holder that lost it never writes into the
+        # new holder's temp file.
+        tmp = os.path.join(self.job.out_dir, ".%s.%s.%s.part" % (task.filename, self.job.id, self.lease_token))
+
+        def write():
+            self.lease.fence()
+            self.disk.write_output(path, data, tmp=tmp, sync=self.durable)
+        self._with_space(self.job.out_dir, len(data), write)
         duration = len(audio) / float(result.sample_rate)
         self.ran += 1
         self.compute_s += compute
@@ -254,7 +314,10 @@ class Runner:
         return rec
 
     def _append(self, rec, *, sync):
-        self._with_space(self.job.dir, 4096, lambda: self.job.journal.append(rec, sync=sync))
+        def append():
+            self.lease.fence()
+            self.job.journal.append(rec, sync=sync)
+        self._with_space(self.job.dir, 4096, append)
 
     def _with_space(self, where, needed, write):
         """Run ``write``; while it fails for lack of space, pause the job and wait."""
@@ -284,7 +347,7 @@ class Runner:
 
     def _set_state(self, status, reason):
         try:
-            self.job.transition(status, now=self.wall(), reason=reason)
+            self._transition(status, reason)
         except OSError as e:  # job.json itself may not fit now; the journal stays the truth
             log.warning("batch %s: could not record state %s: %s", self.job.id, status, e)
             self.job.state["status"] = status
@@ -310,16 +373,31 @@ class Runner:
                           _human(free))
             delay = min(delay * 2, cap)
 
-    def _remove_temp_files(self):
-        suffix = ".%s.part" % self.job.id
+    def _remove_temp_files(self, only_mine=False):
+        """Temp outputs of this job left by an earlier holder (killed mid-write), or with
+        ``only_mine``, by this run. Also job.json temp files (a holder killed mid-save)."""
+        token = self.lease_token
+        if only_mine:
+            pattern = re.compile(r"\..+\.%s\.%s\.part" % (re.escape(self.job.id), re.escape(self.lease_token or "-")))
+        else:
+            # ".NAME.ID.part" (before leases) and ".NAME.ID.TOKEN.part"
+            pattern = re.compile(r"\..+\.%s(\.[0-9a-f]+)?\.part" % re.escape(self.job.id))
         try:
             names = os.listdir(self.job.out_dir)
         except FileNotFoundError:
-            return
+            names = []
         for name in names:
-            if name.startswith(".") and name.endswith(suffix):
+            if pattern.fullmatch(name) and (only_mine or not token or not name.endswith(".%s.part" % token)):
                 log.info("batch %s: removing the partial output %s left by an interrupted run", self.job.id, name)
                 self.disk.remove(os.path.join(self.job.out_dir, name))
+        if not only_mine:
+            try:
+                names = os.listdir(self.job.dir)
+            except FileNotFoundError:
+                names = []
+            for name in names:
+                if name.startswith("job.json.tmp-"):
+                    unlink_quietly(os.path.join(self.job.dir, name))
 
 
 def _human(n):

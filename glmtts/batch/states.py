@@ -10,7 +10,8 @@
     any unfinished -> failed    the job itself cannot go on (its input copy is gone)
 
 A job left ``running``/``paused`` by a killed process is simply resumed: the journal, not
-the state file, says which tasks are finished.
+the state file, says which tasks are finished. Which process runs a job is not a state:
+its lease says (lease.py), and only the lease's holder changes the state.
 """
 
 QUEUED = "queued"

@@ -6,14 +6,21 @@ Layout (one directory per job, under ``<paths.state_dir>/batches/``)::
     <id>/tasks.jsonl    the validated tasks, normalised (what the runner reads)
     <id>/job.json       the job's state, written atomically (temp + fsync + rename)
     <id>/journal.jsonl  append-only outcome of each task, one JSON object per line
-    <id>/lock           flock'd by the process running the job (released by the kernel
+    <id>/lease.<epoch>  who runs the job: owner, heartbeat, expiry (lease.py); the highest
+                        epoch is current, a clean stop leaves it released
+    <id>/alive.<token>  flock'd by the lease's owner while it lives (the kernel drops it
                         when that process dies, even by kill -9)
     <id>/cancel         present once cancellation was requested
 
 Outputs go to ``job.out_dir``: ``<paths.output_dir>/<id>/`` by default (service jobs),
 or the directory given to `glmtts batch run --out DIR`. Each output is written to a
-hidden temp file in that directory and renamed into place, so a file named
-``<output_name>.wav`` is always complete.
+hidden temp file in that directory (named after the job and the lease holding it) and
+renamed into place, so a file named ``<output_name>.wav`` is always complete; the next
+holder of the job removes the temp files a killed holder left.
+
+Any number of processes (service replicas, `glmtts batch run`) may share one state_dir:
+a job is run only by the holder of its lease, which fences every commit (lease.py), so
+each task's outcome is journalled once and each output renamed into place by one process.
 
 The journal is the truth about tasks: a task is finished when the journal holds its
 ``done`` or ``failed`` record (appended and fsync'd *after* the output was renamed into
@@ -22,7 +29,6 @@ replaced by an identical one. A torn last line (crash mid-append) is cut off on 
 """
 
 import datetime
-import fcntl
 import hashlib
 import json
 import logging
@@ -35,6 +41,7 @@ import time
 from ..errors import DiskFullError, InputError, NotFoundError
 from . import states
 from .fsutil import Disk, atomic_write, fsync_dir, is_disk_full
+from .lease import Lease, describe
 from .schema import Task
 from .validate import duration, human_bytes
 
@@ -90,8 +97,9 @@ class Journal:
         self._fd = None
         self._size = None
 
-    def replay(self):
-        """All complete records. A torn last line is truncated away so the next
+    def replay(self, repair=True):
+        """All complete records. A torn last line is skipped, and with ``repair`` (only
+        the job's lease holder may: it is the only writer) truncated away so the next
         append starts on a fresh line."""
         try:
             with open(self.path, "rb") as f:
@@ -99,7 +107,7 @@ class Journal:
         except FileNotFoundError:
             return []
         good = data.rfind(b"\n") + 1
-        if good < len(data):
+        if good < len(data) and repair:
             log.warning("journal %s: dropping a torn last line (%d bytes) left by a crash", self.path, len(data) - good)
             with open(self.path, "r+b") as f:
                 f.truncate(good)
@@ -120,7 +128,9 @@ class Journal:
         was, so a retried append never leaves half a line behind."""
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            self._size = os.fstat(self._fd).st_size
+        # Where this append starts, taken now rather than remembered: after a take-over
+        # another process may have appended since this fd was opened.
+        self._size = os.fstat(self._fd).st_size
         line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
         try:
             view = memoryview(line)
@@ -134,7 +144,6 @@ class Journal:
             except OSError:
                 pass
             raise
-        self._size += len(line)
 
     def close(self):
         if self._fd is not None:
@@ -176,12 +185,13 @@ class Progress:
 
 
 class BatchJob:
-    def __init__(self, path, state):
+    def __init__(self, path, state, *, lease_s=30.0):
         self.dir = path
         self.state = state
+        self.lease_s = lease_s
         self._tasks = None
         self.journal = Journal(os.path.join(path, "journal.jsonl"))
-        self._lock_fd = None
+        self.lease = None  # the Lease while this process runs the job (runner.py)
 
     id = property(lambda self: self.state["id"])
     status = property(lambda self: self.state["status"])
@@ -196,8 +206,24 @@ class BatchJob:
         return self._tasks
 
     def save(self):
-        atomic_write(os.path.join(self.dir, "job.json"),
-                     json.dumps(self.state, indent=1, ensure_ascii=False).encode())
+        path = os.path.join(self.dir, "job.json")
+        data = json.dumps(self.state, indent=1, ensure_ascii=False).encode()
+        for attempt in (1, 2):
+            # A temp name of its own: replicas in containers may all be pid 1.
+            try:
+                atomic_write(path, data, tmp="%s.tmp-%s" % (path, secrets.token_hex(4)))
+                return
+            except FileNotFoundError:
+                if attempt == 2 or not os.path.isdir(self.dir):
+                    raise  # (a new lease holder sweeping temp files removed ours: once more)
+
+    def reload(self):
+        """Re-read job.json in place: another process may have changed it (finished,
+        cancelled) since this object was read."""
+        with open(os.path.join(self.dir, "job.json"), encoding="utf-8") as f:
+            state = json.load(f)
+        self.state.clear()
+        self.state.update(state)
 
     def transition(self, new, *, now=None, reason=None, **fields):
         """The one place a job changes state (see states.py for the arrows)."""
@@ -216,8 +242,8 @@ class BatchJob:
             log.info("batch %s: %s -> %s%s", self.id, old, new, (" (%s)" % reason) if reason else "")
         self.save()
 
-    def progress(self):
-        return Progress(self.state["tasks"], self.journal.replay())
+    def progress(self, repair=False):
+        return Progress(self.state["tasks"], self.journal.replay(repair=repair))
 
     # -- cancellation and ownership ---------------------------------------------
 
@@ -228,33 +254,14 @@ class BatchJob:
     def cancel_requested(self):
         return os.path.exists(os.path.join(self.dir, "cancel"))
 
-    def try_lock(self):
-        """Take the job's lock (one runner per job, across processes). False if held."""
-        fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, b"%d\n" % os.getpid())
-        self._lock_fd = fd
-        return True
-
-    def unlock(self):
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-        self.journal.close()
+    def holder(self):
+        """The lease record of the process running this job now (maybe this one), or None."""
+        return Lease(self.dir, self.lease_s).holder()
 
     def locked_by_other(self):
-        """True when another live process runs this job right now."""
-        if self._lock_fd is not None:
-            return False
-        if self.try_lock():
-            self.unlock()
-            return False
-        return True
+        """True when another live process holds this job's lease right now."""
+        rec = self.holder()
+        return rec is not None and (self.lease is None or rec.get("token") != self.lease.token)
 
     def summary(self):
         """What `glmtts batch status` and GET /v1/batches/{id} show."""
@@ -269,9 +276,11 @@ class BatchJob:
         out = {k: self.state.get(k) for k in ("id", "status", "reason", "source", "created_at", "started_at",
                                               "finished_at", "updated_at", "out_dir", "engine", "skipped_lines")}
         status = self.status
-        if status in (states.RUNNING, states.PAUSED) and not self.locked_by_other():
+        holder = self.holder() if status in states.RESUMABLE else None
+        if status in (states.RUNNING, states.PAUSED) and holder is None:
             status = "interrupted"  # the process running it died; resumes on the next run / service start
         out["state"] = status
+        out["runner"] = describe(holder.get("owner")) if holder else None
         out["progress"] = progress.to_dict()
         out["failures"] = failures
         out["audio_s"] = round(sum(r.get("audio_s", 0.0) for r in progress.done.values()), 2)
@@ -321,7 +330,7 @@ class JobStore:
                      "input_sha256": digest, "tasks": len(report.tasks),
                      "skipped_lines": report.invalid_lines, "out_dir": out_dir, "managed_out": managed,
                      "engine": self.settings.engine.name, "estimate": report.estimate, "origin": origin}
-            job = BatchJob(tmp, state)
+            job = BatchJob(tmp, state, lease_s=self.settings.batch.lease_s)
             job.save()
             os.makedirs(out_dir, exist_ok=True)
             os.rename(tmp, os.path.join(self.root, job_id))
@@ -348,7 +357,7 @@ class JobStore:
                 state = json.load(f)
         except FileNotFoundError:
             raise NotFoundError("no batch job %s (see `glmtts batch list`)" % job_id) from None
-        return BatchJob(path, state)
+        return BatchJob(path, state, lease_s=self.settings.batch.lease_s)
 
     def list(self):
         """Jobs, oldest first."""
