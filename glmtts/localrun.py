@@ -5,8 +5,9 @@ need is written into the run directory, so nothing has to be exported afterwards
 
 - `glmtts.toml`: generated once (then edited by hand), found by every tool run from the
   checkout (glmtts.config.default_config_path: ./run/glmtts.toml);
-- `supervisord.conf`: ops/supervisord.conf with its %(ENV_...)s variables filled in,
-  rewritten on every `make run`; glmtts.toml's watchdog.supervisor_conf names it, so
+- `supervisord.conf`: ops/supervisord.conf with its %(ENV_...)s variables filled in and
+  program glmtts's stopwaitsecs set to config.stop_grace_s() of glmtts.toml (the drain's
+  budget), rewritten on every `make run`; glmtts.toml's watchdog.supervisor_conf names it, so
   supervisorctl (and the watchdog's supervisor manager) need no environment;
 - `watchdog.token`: created once, 0600 (the service and the watchdog run as the same
   user here); the watchdog's identity, see glmtts/watchdog_token.py.
@@ -42,6 +43,9 @@ GENERATED_TOML = """\
 [server]
 host = "127.0.0.1"
 port = {port}
+# No load balancer sits in front of `make run` to notice a drain: Ctrl-C / make stop need
+# not keep the listener open first (queued work is still finished).
+drain_delay_s = 0.0
 
 [engine]
 name = "espeak"
@@ -90,6 +94,16 @@ def render_supervisor_conf(template, values):
             "; file, not this one. `supervisorctl -c %s status` needs no environment.\n")
     body = re.sub(r"%\(ENV_(\w+)\)s", lambda m: values[m.group(1)].replace("%", "%%"), template)
     return head % values.get("GLMTTS_RUN", ".") + body
+
+
+def set_stop_budget(conf, seconds, program=PROGRAM):
+    """The supervisord conf with [program:PROGRAM]'s stopwaitsecs = seconds (only there:
+    the watchdog program keeps its own)."""
+    m = re.search(r"(?ms)^\[program:%s\]\s*$(.*?)(?=^\[|\Z)" % re.escape(program), conf)
+    if m is None or not re.search(r"(?m)^stopwaitsecs\s*=", m.group(1)):
+        raise ConfigError("ops/supervisord.conf has no stopwaitsecs in [program:%s]" % program)
+    section = re.sub(r"(?m)^stopwaitsecs\s*=.*$", "stopwaitsecs=%d" % seconds, m.group(1), count=1)
+    return conf[:m.start(1)] + section + conf[m.end(1):]
 
 
 def set_server_port(text, port):
@@ -162,7 +176,9 @@ def prepare(rundir, port=None, out=sys.stdout):
             f.write(watchdog_token.new_token() + "\n")
     with open(os.path.join(rundir.root, "ops", "supervisord.conf")) as f:
         template = f.read()
-    write_atomic(rundir.conf, render_supervisor_conf(template, rundir.env()))
+    # supervisord must wait out the drain the service will do with this config
+    conf = set_stop_budget(render_supervisor_conf(template, rundir.env()), config.stop_grace_s(rundir.settings()))
+    write_atomic(rundir.conf, conf)
 
 
 # -- the running instance ----------------------------------------------------------

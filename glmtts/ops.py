@@ -16,6 +16,7 @@ import argparse
 import grp
 import os
 import pwd
+import re
 import shlex
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import config
 from . import preflight as preflight_mod
 from . import watchdog_token
 from .preflight import PreflightError
@@ -209,8 +211,36 @@ def home_paths(deploy_dir):
     return needed
 
 
-def render_unit(text, deploy_dir):
-    return text.replace(PLACEHOLDER, str(deploy_dir))
+def render_unit(text, deploy_dir, stop_grace=None):
+    """The unit for this host: the deploy tree for /opt/glmtts and, when given, the stop
+    budget (config.stop_grace_s of this host's config) for the shipped TimeoutStopSec=."""
+    text = text.replace(PLACEHOLDER, str(deploy_dir))
+    if stop_grace is not None:
+        text = re.sub(r"(?m)^TimeoutStopSec=\d+$", "TimeoutStopSec=%d" % stop_grace, text)
+    return text
+
+
+ENV_FILE = "/etc/glmtts/glmtts.env"
+
+
+def host_stop_grace(host):
+    """(seconds, note): config.stop_grace_s() of the config the units will run with
+    (glmtts.toml, and GLMTTS_* lines of glmtts.env, which the unit reads too). Defaults
+    when there is no file yet; defaults and a note when it does not load."""
+    env = {}
+    if host.exists(ENV_FILE):
+        for line in host.read(ENV_FILE).splitlines():
+            key, sep, value = line.strip().partition("=")
+            if sep and key.startswith("GLMTTS_SERVER_DRAIN_"):
+                env[key] = value.strip().strip('"').strip("'")
+    if not host.exists(CONFIG_FILE) and not env:
+        return config.stop_grace_s(), "defaults"
+    try:
+        settings = config.load(str(host.path(CONFIG_FILE)) if host.exists(CONFIG_FILE) else "", env=env)
+    except GlmttsError as e:
+        return config.stop_grace_s(), "defaults (%s does not load: %s)" % (CONFIG_FILE, e)
+    return config.stop_grace_s(settings), "server.drain_delay_s %g + drain_timeout_s %g + %d" % (
+        settings.server.drain_delay_s, settings.server.drain_timeout_s, config.STOP_MARGIN_S)
 
 
 def drop_in_text(paths):
@@ -366,8 +396,12 @@ def install(host, deploy_dir, *, instances=(), start=True, dry_run=False, prefli
             plan.do("%s %s" % ("update " if host.exists(path) else "install", path), host.write, path, text, mode)
 
     written = {}  # path -> the text this install leaves there (None: removed); the preflight reads it
+    # the drain's budget: a manager that kills sooner would cut queued requests off
+    grace, grace_from = host_stop_grace(host)
+    plan.ok("stop budget TimeoutStopSec=%d (config.stop_grace_s: %s)" % (grace, grace_from))
     for unit in UNITS:
-        written["%s/%s" % (UNIT_DIR, unit)] = render_unit((ops_dir / unit).read_text(), deploy_dir)
+        written["%s/%s" % (UNIT_DIR, unit)] = render_unit((ops_dir / unit).read_text(), deploy_dir,
+                                                          grace if unit in ("glmtts.service", "glmtts@.service") else None)
         ours("%s/%s" % (UNIT_DIR, unit), written["%s/%s" % (UNIT_DIR, unit)])
     hidden = home_paths(deploy_dir)
     for unit in SERVICE_UNITS:

@@ -2,7 +2,8 @@
 # `make run`: the service on the embedded engine under supervisord, in the foreground;
 # `make status`, `make stop` (this script with `status` / `stop`).
 # Everything lives under ./run: glmtts.toml (generated once; edit it freely),
-# supervisord.conf (ops/supervisord.conf filled in, rewritten each run), state/, log/
+# supervisord.conf (ops/supervisord.conf filled in, its stopwaitsecs the drain budget of
+# glmtts.toml, config.stop_grace_s; rewritten each run), state/, log/
 # (access.log, error.log, supervisord.log), prompts/, outputs/. Ctrl-C stops it.
 # The tools run from the checkout find ./run/glmtts.toml themselves: no exports needed.
 set -euo pipefail

@@ -5,6 +5,10 @@ Order: validate config -> bind the port (fail fast) -> start serving /healthz (5
 whether retrying can help: 78 configuration error (it cannot, until a human edits the
 config), 3 engine load failure, 4 port in use, 75 CUDA context lost (a fatal CUDA error at
 run time: a fresh process recovers, so the manager must restart it).
+
+SIGTERM and SIGINT drain (service/drain.py): /readyz 503 "draining" at once, the listener
+open server.drain_delay_s, in-flight and queued work finished within server.drain_timeout_s
+(what is left gets 503), then exit 0. A manager must allow config.stop_grace_s() for it.
 """
 
 import argparse
@@ -44,7 +48,8 @@ def build_parser():
         prog="python -m service",
         description="Run the glmtts service in the foreground: HTTP API + Gradio UI on one port "
                     "(server.host:server.port, default 127.0.0.1:7860). Access lines go to stdout, "
-                    "errors to stderr; SIGHUP reopens both log files. Exit codes: 78 config error, "
+                    "errors to stderr; SIGHUP reopens both log files; SIGTERM/SIGINT drain (server.drain_delay_s, "
+                    "server.drain_timeout_s), then exit 0. Exit codes: 78 config error, "
                     "3 engine load failure, 4 port in use, 75 CUDA context lost (restart it).")
     p.add_argument("--config", metavar="PATH", help="config file (default: $GLMTTS_CONFIG, else /etc/glmtts/glmtts.toml, else ./run/glmtts.toml)")
     return p
@@ -98,6 +103,7 @@ def serve(config_path=None):
     import uvicorn
 
     from .app import create_app
+    from .drain import CONNECTION_GRACE_S, DrainingServer
 
     try:
         app = create_app(settings, engine, reopener=reopener)
@@ -105,8 +111,13 @@ def serve(config_path=None):
         log.error("configuration error: %s", e)
         return EXIT_CONFIG
     runtime = app.state.runtime
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                                           timeout_graceful_shutdown=10, server_header=False))
+    # DrainingServer: uvicorn whose SIGTERM/SIGINT start the drain; the graceful-shutdown
+    # timeout here is only what follows it (or an exit 3/75), the drain has its own budget.
+    server = DrainingServer(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
+                                           timeout_graceful_shutdown=CONNECTION_GRACE_S, server_header=False,
+                                           # uvicorn would believe X-Forwarded-For from 127.0.0.1: our own
+                                           # service/forwarded.py decides (server.forwarded_allow_ips)
+                                           proxy_headers=False), runtime)
 
     def request_exit(code):
         server.should_exit = True

@@ -4,7 +4,10 @@ duties of the event loop (heartbeat, SIGHUP reopen, GPU figures).
 
 ``on_ready`` hooks run in the loader thread after the warm-up, before READY=1 (the
 batch router appends its resume step there); ``after_ready`` hooks run after READY=1
-(the UI is built there, so no restart waits for gradio)."""
+(the UI is built there, so no restart waits for gradio).
+
+SIGTERM/SIGINT drain the process (service/drain.py): ``status()`` says "draining", the
+batch runner is told to stop first, and what is left at the deadline gets 503."""
 
 import asyncio
 import logging
@@ -14,13 +17,16 @@ import threading
 import time
 
 from glmtts import __version__, gpu
+from prometheus_client import Gauge
+
 from glmtts.errors import EXIT_CUDA_LOST, EXIT_ENGINE_LOAD, GlmttsError
 
+from .drain import Drain
 from .limits import Limits
 from .metrics import Metrics
 from .sdnotify import Notifier
 from .voices import VoiceStore
-from .worker import LOADING, Worker
+from .worker import FAILED, LOADING, OK, Worker
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,11 @@ class Runtime:
         self.worker = Worker(engine, settings, metrics=self.metrics, clock=clock)
         self.worker.on_cuda_lost = self._cuda_lost
         self.metrics.bind_worker(self.worker)
+        self.drain = Drain(settings.server.drain_delay_s, settings.server.drain_timeout_s)
+        self.worker.admission = self.drain.refusal
+        Gauge("glmtts_draining", "1 from SIGTERM until exit: not ready on purpose (a planned stop), finishing "
+              "its work.", registry=self.metrics.registry).set_function(lambda: 1 if self.drain.active else 0)
+        self._batch_stopper = None
         self.limits = Limits(settings)
         self.voices = VoiceStore(os.path.join(settings.paths.state_dir, "voices"))
         self.notifier = notifier or Notifier()
@@ -124,6 +135,42 @@ class Runtime:
         if self.request_exit and self._loop:
             self._loop.call_soon_threadsafe(self.request_exit, code)
 
+    # -- the drain (service/drain.py's DrainingServer calls these on the loop) -------------
+
+    def ready_for_drain(self):
+        """Was this instance taking traffic (/readyz 200)? Only then is the listener kept
+        open for load balancers to notice; a loading, failed or wedged one was already out."""
+        return self.worker.status()[0] == OK
+
+    def pending(self):
+        """Work the drain waits for: engine jobs (queued or running, batch included), HTTP
+        synthesis admitted before the signal but not answered yet (reading its body,
+        encoding its audio), and the batch runner until it has stopped."""
+        stopping = self._batch_stopper is not None and self._batch_stopper.is_alive()
+        return max(self.worker.pending(), self.drain.admitted_in_flight) + (1 if stopping else 0)
+
+    def begin_drain(self, drain):
+        self.notifier.stopping()
+        self.notifier.status("draining after %s: finishing in-flight and queued work" % drain.why)
+        batches = getattr(self, "batches", None)
+        if batches is not None:
+            # Told first, so its current task checkpoints while the interactive work finishes;
+            # on a thread, because a stop may wait for the runner, and the loop must not.
+            self._batch_stopper = threading.Thread(target=self._stop_batches, args=(batches, drain),
+                                                   name="glmtts-batch-stop", daemon=True)
+            self._batch_stopper.start()
+
+    def _stop_batches(self, batches, drain):
+        try:
+            batches.shutdown()  # returns at once; join() waits for the runner's checkpoint
+            if not batches.join(max(0.0, drain.deadline - self.clock())):
+                log.warning("drain: the batch runner has not stopped by the deadline; its job stays resumable")
+        except Exception as e:  # the drain goes on without it: the job resumes at the next start
+            log.error("drain: stopping the batch runner failed: %s: %s", type(e).__name__, e, exc_info=e)
+
+    def expire(self, drain):
+        drain.expired += self.worker.expire(lambda: drain.error(expired=True))
+
     def _cuda_lost(self):
         # No CUDA call can succeed in this process again; waiting for systemd's WatchdogSec
         # (or, in a container, for nothing) would only prolong the outage.
@@ -174,9 +221,17 @@ class Runtime:
 
     # -- facts -------------------------------------------------------------------------
 
-    def health(self):
+    def status(self):
+        """(status, reason): the worker's, or "draining" from the stop signal on (a failed
+        worker stays "failed": that needs a human more than the stop does)."""
         status, reason = self.worker.status()
-        return {
+        if self.drain.active and status != FAILED:
+            return "draining", self.drain.reason(self.clock(), self.pending())
+        return status, reason
+
+    def health(self):
+        status, reason = self.status()
+        body = {
             "status": status,
             "reason": reason,
             "engine": self.engine.describe(),
@@ -190,3 +245,6 @@ class Runtime:
             "ui": self.ui.state if self.ui is not None else "off",
             "torch_loaded": "torch" in sys.modules,
         }
+        if self.drain.active:
+            body["drain"] = self.drain.describe(self.clock())
+        return body

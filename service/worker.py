@@ -12,6 +12,9 @@ becomes EngineOOMError (503, the service stays up); a fatal CUDA error marks the
 service failed, answers every queued job with CudaFatalError (503) without touching
 the engine again, and calls ``on_cuda_lost`` once (the runtime then exits the process,
 so its manager starts a fresh one: the context cannot be recovered in-process).
+
+During a drain (service/drain.py) ``admission`` refuses new work with 503 draining, and at
+the drain's deadline ``expire`` answers what is still waiting with the same 503.
 """
 
 import asyncio
@@ -20,7 +23,7 @@ import itertools
 import logging
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 
 import numpy as np
 
@@ -96,6 +99,8 @@ class Worker:
         self.load_seconds = None
         self.warmup_seconds = None
         self.on_cuda_lost = None  # callable(), called once, on the worker thread
+        # callable() -> an error to refuse new work with, or None (the drain: runtime.drain.refusal)
+        self.admission = None
         self.cuda_lost = None     # the first fatal CUDA error's line, once the context is gone
 
     # -- state ------------------------------------------------------------------------
@@ -147,6 +152,11 @@ class Worker:
         with self._cond:
             return len(self._running)
 
+    def pending(self):
+        """Jobs queued (not abandoned) or running, batch work included."""
+        with self._cond:
+            return len(self._running) + sum(1 for j in self._heap if not j.cancelled)
+
     # -- life cycle -------------------------------------------------------------------
 
     def start(self):
@@ -195,6 +205,9 @@ class Worker:
             raise self._lost_error()
         if self.state != OK:
             raise NotReadyError("service not ready (%s): %s" % (self.state, self.reason))
+        refused = self.admission() if self.admission is not None else None
+        if refused is not None:
+            raise refused
         with self._cond:
             if priority == WATCHDOG:
                 waiting = sum(1 for j in self._heap if j.priority == WATCHDOG and not j.cancelled)
@@ -292,9 +305,9 @@ class Worker:
                 job.started_at = job.progress_at = self.clock()
                 self._running.add(job)
             try:
-                job.future.set_result(job.fn(self.engine, job))
+                _settle(job.future, result=job.fn(self.engine, job))
             except BaseException as e:  # noqa: B902 - every failure must reach the waiter
-                job.future.set_exception(self._translate(e))
+                _settle(job.future, error=self._translate(e))
             finally:
                 elapsed = self.clock() - job.started_at
                 with self._cond:
@@ -304,6 +317,23 @@ class Worker:
                     self.metrics.job_seconds.labels(PRIORITY_NAMES.get(job.priority, "other")).observe(elapsed)
                 if self.settings.gpu.clear_after_request and self.state == OK:
                     self._clear_quietly()
+
+    def expire(self, error):
+        """The drain's deadline: every interactive and watchdog job still queued or running
+        is answered with ``error()`` now (a running one also stops at its next chunk).
+        Batch work is left to the batch runner, which was told to stop when the drain began
+        and checkpoints its own task. Returns how many waiters were answered."""
+        with self._cond:
+            queued = [j for j in self._heap if j.priority != BATCH]
+            self._heap = [j for j in self._heap if j.priority == BATCH]
+            heapq.heapify(self._heap)
+            running = [j for j in self._running if j.priority != BATCH]
+        answered = 0
+        for job in queued + running:
+            job.cancelled = True
+            if _settle(job.future, error=error()):
+                answered += 1
+        return answered
 
     def _lose_cuda(self, exc):
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -361,3 +391,15 @@ class Worker:
         log.error("synthesis failed", exc_info=exc)
         self.last_error = "%s: %s" % (type(exc).__name__, str(exc)[:300])
         return EngineError("synthesis failed: %s: %s" % (type(exc).__name__, exc))
+
+
+def _settle(future, result=None, error=None):
+    """Set a job's outcome unless the drain's deadline already answered its waiter."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+        return True
+    except InvalidStateError:
+        return False

@@ -79,6 +79,12 @@ def planned(status, previous, events):
     stops = [e for e in events if e.kind == M.STOP_REQUESTED]
     if stops and not out:  # systemd logs no exit line for a clean stop
         out.append({"what": "stop" if status.state == M.STOPPED else "restart", "line": stops[-1].line, "at": stops[-1].at})
+    if not out and status.state == M.STOPPING:
+        # The manager itself says a stop is under way (its log may not have told us yet): the
+        # service is draining (service/drain.py), up to config.stop_grace_s(), and after
+        # drain_delay_s its listener is closed, so an unanswered probe is the drain, not a fault.
+        out.append({"what": "stop", "line": "%s: %s reports it stopping (draining before exit)" % (
+            status.unit, status.manager), "at": None})
     out += [{"what": "reload", "line": e.line, "at": e.at} for e in events if e.kind == M.RELOAD]
     last_restarts, last_pid = previous.get("last_restarts"), previous.get("last_pid")
     if (not out and status.restarts is not None and status.restarts == last_restarts and status.main_pid

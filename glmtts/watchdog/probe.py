@@ -1,6 +1,12 @@
 """The /healthz probe. A failed answer is retried within the same cycle (count and
 spacing from config) before the service is called unhealthy, so a hang costs one cycle
-rather than three; the caller persists consecutive failures across cycles."""
+rather than three; the caller persists consecutive failures across cycles.
+
+A service answering 503 "draining" got SIGTERM and is finishing its work before it exits
+0 (service/drain.py): a planned stop in progress, its own verdict DRAINING. It is not
+unhealthy (no signature, no failed probe counted, no remediation: restarting it would only
+cut the drain short); what the stop leads to (the manager's account of it, the next
+process) is judged as always."""
 
 import logging
 import time
@@ -12,7 +18,7 @@ from .. import watchdog_token
 
 log = logging.getLogger(__name__)
 
-HEALTHY, LOADING, UNHEALTHY = "healthy", "loading", "unhealthy"
+HEALTHY, LOADING, UNHEALTHY, DRAINING = "healthy", "loading", "unhealthy", "draining"
 
 
 @dataclass
@@ -33,6 +39,8 @@ class ProbeResult:
     def summary(self):
         if self.verdict == HEALTHY:
             return "healthy (%d in %.0f ms)" % (self.http_status, (self.latency_s or 0) * 1000)
+        if self.verdict == DRAINING:
+            return "draining: a planned stop in progress, not an incident (HTTP %s: %s)" % (self.http_status, self.reason)
         what = "HTTP %s %s" % (self.http_status, self.status) if self.http_status else "no answer"
         return "%s: %s%s after %d probe(s)" % (self.verdict, what, ": %s" % self.reason if self.reason else "", self.attempts)
 
@@ -77,6 +85,8 @@ class Probe:
         # takes longer than the ready timeout (then it is stuck).
         if status == "loading" and (uptime is None or uptime < self.loading_grace_s):
             verdict = LOADING
+        elif status == "draining":
+            verdict = DRAINING
         return ProbeResult(verdict, self.url, r.status_code, status, body.get("reason") or body.get("last_error"),
                            attempts=1, latency_s=latency, body=body)
 

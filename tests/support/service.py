@@ -61,6 +61,9 @@ class ServiceProcess:
             "GLMTTS_SERVER_UI": "true" if ui else "false",
             "GLMTTS_ENGINE_NAME": engine,
             "GLMTTS_LIMITS_RATE_LIMIT_PER_MINUTE": "0",
+            # no load balancer in front of a test instance: stop at once after SIGTERM
+            # (the drain tests set their own delay)
+            "GLMTTS_SERVER_DRAIN_DELAY_S": "0",
             "GLMTTS_PATHS_STATE_DIR": self.state_dir,
             "GLMTTS_PATHS_LOG_DIR": self.log_dir,
             "GLMTTS_PATHS_PROMPT_ROOT": self.prompt_root,
