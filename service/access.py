@@ -1,13 +1,15 @@
 """Per-request bookkeeping as ASGI middleware: request id, one access line on stdout,
 and the request counters and latency histogram. Outermost, so refusals (401, 413, 429)
 are logged and counted like everything else; the duration runs to the last byte sent,
-which for a streamed answer is the end of the stream."""
+which for a streamed answer is the end of the stream. The client logged is the one
+service/forwarded.py resolved: the peer, unless that is a trusted proxy."""
 
 import re
 import secrets
 import time
 
 from . import logs
+from .forwarded import client_of
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -56,8 +58,7 @@ class AccessMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             elapsed = self.clock() - t0
-            client = scope.get("client")
-            logs.write_access(client=client[0] if client else "-", method=scope["method"], path=scope["path"],
+            logs.write_access(client=client_of(scope), method=scope["method"], path=scope["path"],
                               status=info["status"], nbytes=info["bytes"], duration_ms=elapsed * 1000.0,
                               request_id=rid)
             if self.metrics is not None:
