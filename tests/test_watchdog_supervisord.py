@@ -113,10 +113,11 @@ class Rig:
         except FileNotFoundError:
             return ""
 
-    def wait_for(self, rel, text, timeout=30):
+    def wait_for(self, rel, text, timeout=30, offset=0):
+        """Wait until text appears in rel after byte offset (lines earlier tests left do not count)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if text in self.read(rel):
+            if text in self.read(rel)[offset:]:
                 return
             time.sleep(0.2)
         raise AssertionError("%r never appeared in %s" % (text, rel))
@@ -340,17 +341,17 @@ def test_five_separate_faults_under_supervisord_keep_healing_and_page_once(rig):
     before, sent = len(records(rig)), len(rig.rx.received)
 
     def by_request(word, line):
-        def act():
+        def act(offset):
             rig.set_fault(word)
             rig.request_in_background()
-            rig.wait_for("log/supervisord.log", line, timeout=60)
+            rig.wait_for("log/supervisord.log", line, timeout=60, offset=offset)
             rig.set_fault("")
         return act
 
     def by_signal(sig, line):
-        def act():
+        def act(offset):
             os.kill(main_pid(rig), sig)
-            rig.wait_for("log/supervisord.log", line, timeout=60)
+            rig.wait_for("log/supervisord.log", line, timeout=60, offset=offset)
         return act
     faults = [by_request("segfault", "terminated by SIGSEGV"), by_signal(signal.SIGKILL, "terminated by SIGKILL"),
               by_request("cuda_fatal", "exit status 75"), by_signal(signal.SIGABRT, "terminated by SIGABRT"),
@@ -358,7 +359,7 @@ def test_five_separate_faults_under_supervisord_keep_healing_and_page_once(rig):
     for act in faults:
         pid = main_pid(rig)
         offset = len(rig.read("log/supervisord.log"))
-        act()
+        act(offset)
         assert "FATAL" not in rig.read("log/supervisord.log")[offset:]
         rig.wait_healthy(120)
         assert main_pid(rig) not in (None, pid)
