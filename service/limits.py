@@ -6,7 +6,11 @@ validated before any use, so no user-supplied name ever becomes a path.
 The watchdog's requests carry the per-host watchdog token (glmtts/watchdog_token.py):
 on the routes of its lane (WATCHDOG_LANE) a valid token stands in for an API key and
 skips the per-client rate limit, so the watchdog is never refused by the service it
-guards. A wrong token counts as no token."""
+guards. A wrong token counts as no token.
+
+"Client" is the address service/forwarded.py resolved (the peer, or what a proxy in
+server.forwarded_allow_ips says): the UI's synthesis (service/ui.py) is counted in the
+same per-client buckets as the API's."""
 
 import collections
 import hmac
@@ -20,6 +24,7 @@ from glmtts import watchdog_token
 from glmtts.errors import InputError, NotFoundError, TooLargeError
 
 from .errors import AuthError, RateLimitError, error_response
+from .forwarded import client_of
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +98,8 @@ class Limits:
     def __init__(self, settings, clock=time.monotonic):
         self.settings = settings
         self.keys = [k for k in settings.server.api_keys if k]
+        # server.metrics_public: Prometheus scrapes /metrics (exactly that path) without a key.
+        self.public_paths = frozenset(("/metrics",)) if settings.server.metrics_public else frozenset()
         # The per-client limit is for unauthenticated use; key holders are known clients.
         self.rate = RateLimiter(0 if self.keys else settings.limits.rate_limit_per_minute, clock)
         self.max_upload = int(settings.limits.max_upload_mb * 1024 * 1024)
@@ -157,15 +164,15 @@ class LimitsMiddleware:
             return await self.app(scope, receive, send)
         path, method = scope["path"], scope["method"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        client = scope.get("client") or ("-", 0)
+        client = client_of(scope)  # the peer, or who a trusted proxy says it is (service/forwarded.py)
         lane = (method, path) in WATCHDOG_LANE and WATCHDOG_HEADER in headers \
-            and self.limits.is_watchdog(headers[WATCHDOG_HEADER], client[0])
+            and self.limits.is_watchdog(headers[WATCHDOG_HEADER], client)
         scope.setdefault("state", {})["watchdog"] = lane
         try:
-            if path.startswith(KEYED_PREFIXES) and not lane:
+            if path.startswith(KEYED_PREFIXES) and not lane and path not in self.limits.public_paths:
                 self.limits.check_auth(headers.get("authorization", ""))
             if (method, path) in RATE_LIMITED and not lane:
-                self.limits.rate.check(client[0])
+                self.limits.rate.check(client)
             length = headers.get("content-length", "")
             if length.isdigit() and int(length) > self.limits.max_upload:
                 await _drain(receive, 4 * self.limits.max_upload)
