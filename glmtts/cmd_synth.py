@@ -12,7 +12,24 @@ from .errors import InputError
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = {".wav": "wav", ".flac": "flac", ".pcm": "pcm", ".raw": "pcm", ".mp3": "mp3"}
+# -o extension -> format, for the formats glmtts.audio encodes (the API's response_format
+# list): an extension of no such format is an error, never WAV bytes under another name.
+_KNOWN_EXTENSIONS = {".wav": "wav", ".flac": "flac", ".mp3": "mp3", ".pcm": "pcm", ".raw": "pcm",
+                     ".opus": "opus", ".aac": "aac"}
+EXTENSIONS = {ext: fmt for ext, fmt in _KNOWN_EXTENSIONS.items() if fmt in audio_mod.FORMATS}
+
+
+def output_format(path, explicit=None):
+    """The format to write ``path`` in: its extension's, or ``explicit`` (--format), or
+    wav for a name without an extension. InputError names the formats otherwise."""
+    ext = os.path.splitext(path)[1].lower()
+    implied = EXTENSIONS.get(ext)
+    if ext and implied is None:
+        raise InputError("-o %s: %r is not an extension of a supported format; use one of %s (formats: %s)"
+                         % (path, ext, " ".join(sorted(EXTENSIONS)), ", ".join(sorted(set(EXTENSIONS.values())))))
+    if explicit and implied and explicit != implied:
+        raise InputError("-o %s is a %s file name but --format is %s: make them agree" % (path, implied, explicit))
+    return explicit or implied or "wav"
 
 
 def add_parser(sub):
@@ -35,8 +52,10 @@ def add_parser(sub):
                    help="do not prompt later chunks with the earlier chunks as history (engine glmtts prompt cache)")
     p.add_argument("--format", choices=sorted(set(EXTENSIONS.values())), default=None,
                    help="output format (default: from the -o extension, else wav)")
-    p.add_argument("-o", "--output", metavar="FILE", help="output file (written atomically)")
-    p.set_defaults(func=run)
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="output file (written atomically); its extension picks the format: %s"
+                        % ", ".join(sorted(EXTENSIONS)))
+    p.set_defaults(func=run, parser=p)
 
 
 def _number(raw, kind, name, allowed):
@@ -62,10 +81,24 @@ def _read_text(args):
     return args.text
 
 
+def _check_prompt_args(args):
+    """Usage errors, as the API refuses them: prompt_audio needs prompt_text and the other
+    way round. From the command line an argparse error (usage line, exit 2)."""
+    problem = None
+    if args.prompt_audio and not (args.prompt_text or "").strip():
+        problem = "--prompt-audio needs --prompt-text (the transcript of the reference recording)"
+    elif args.prompt_text and not args.prompt_audio:
+        problem = "--prompt-text needs --prompt-audio (the recording it transcribes)"
+    if problem is None:
+        return
+    parser = getattr(args, "parser", None)
+    if parser is not None:
+        parser.error(problem)  # exits 2
+    raise InputError(problem)
+
+
 def _read_prompt(args, settings):
     if not args.prompt_audio:
-        if args.prompt_text:
-            raise InputError("--prompt-text needs --prompt-audio (the recording it transcribes)")
         return None, None
     try:
         with open(args.prompt_audio, "rb") as f:
@@ -90,6 +123,7 @@ def write_atomic(path, data):
 def run(args):
     from .engines import SynthesisRequest, create
 
+    _check_prompt_args(args)
     settings = config.load(args.config)
     if not args.output:
         raise InputError("no output file: give -o out.wav")
@@ -102,7 +136,7 @@ def run(args):
     speed = _number(args.speed, float, "speed", "0.25..4.0")
     if not 0.25 <= speed <= 4.0:
         raise InputError("--speed %s is out of range; allowed: 0.25..4.0" % args.speed)
-    fmt = args.format or EXTENSIONS.get(os.path.splitext(args.output)[1].lower(), "wav")
+    fmt = output_format(args.output, args.format)
     prompt_audio, prompt_rate = _read_prompt(args, settings)
 
     engine = create(settings)

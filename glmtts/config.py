@@ -86,6 +86,32 @@ def any_value(value):
     return value
 
 
+def ip_network(entry):
+    """One address or CIDR as an ipaddress network (a bare address is a /32 or /128)."""
+    if not entry.strip():
+        raise ValueError("an empty entry; allowed: IP addresses or CIDRs such as 127.0.0.1, 10.0.0.0/8, ::1")
+    entry = entry.strip()
+    if entry == "*":
+        # Trusting every peer would let any client pick the address the rate limit and the
+        # access log use; whoever truly means it writes the networks out.
+        raise ValueError("'*' is not accepted (it lets any client forge its address): list the proxies' addresses "
+                         "or networks, e.g. 10.0.0.0/8 (0.0.0.0/0 and ::/0 only if every peer is a proxy)")
+    try:
+        return ipaddress.ip_network(entry, strict=True)
+    except ValueError as e:
+        if "host bits set" in str(e):
+            raise ValueError("%r has host bits set; did you mean %s?"
+                             % (entry, ipaddress.ip_network(entry, strict=False))) from None
+        raise ValueError("%r is not an IP address or CIDR; allowed: e.g. 127.0.0.1, 10.0.0.0/8, ::1, fd00::/8"
+                         % entry) from None
+
+
+def ip_networks(value):
+    for entry in value:
+        ip_network(entry)
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     section: str
@@ -117,7 +143,7 @@ SETTINGS = [
     S("server", "drain_delay_s", float, 5.0, "On SIGTERM, /readyz answers 503 draining at once and the listener stays open this long before it closes, so load balancers notice; new synthesis gets 503 + Retry-After meanwhile.", in_range(0, 300)),
     S("server", "drain_timeout_s", float, 60.0, "On SIGTERM, in-flight and queued synthesis get this long to finish; what is left gets 503 (never 500); a running batch task checkpoints. The stop budget of every manager is derived from this (see stop_grace_s).", in_range(1, 3600)),
     S("server", "metrics_public", bool, False, "Serve /metrics without the API key (for a Prometheus scrape); off: /metrics needs the key like every other route."),
-    S("server", "forwarded_allow_ips", list, [], "Peers (addresses or CIDRs) whose X-Forwarded-For / Forwarded headers are believed; empty = none (the peer address is the client)."),
+    S("server", "forwarded_allow_ips", list, [], "Peers (addresses or CIDRs) whose X-Forwarded-For / Forwarded headers are believed; empty = none (the peer address is the client).", ip_networks),
     # [engine]
     S("engine", "name", str, "espeak", "espeak | glmtts | package.module:Class (a plug-in engine).", engine_name),
     S("engine", "sample_rate", int, 24000, "Default output sample rate.", one_of(24000, 32000)),
@@ -149,7 +175,8 @@ SETTINGS = [
     S("paths", "prompt_root", str, "/var/lib/glmtts/prompts", "Batch reference audio must live inside this directory.", absolute_path),
     S("paths", "output_dir", str, "/var/lib/glmtts/outputs", "Batch outputs.", absolute_path),
     # [batch]
-    S("batch", "retention_days", float, 7.0, "Finished jobs older than this are pruned (glmtts batch prune).", in_range(0)),
+    S("batch", "retention_days", float, 7.0, "Finished jobs and the UI's cached uploads/results (paths.state_dir/"
+      "cache) older than this are pruned (glmtts batch prune; the service prunes its cache hourly).", in_range(0)),
     S("batch", "max_tasks", int, 10000, "Most tasks in one batch file.", in_range(1)),
     S("batch", "max_line_bytes", int, 65536, "Longest JSONL line accepted.", in_range(256)),
     S("batch", "lease_s", float, 30.0, "A replica holds a job by a lease renewed every lease_s/3; a lease not renewed for this long (a replica killed with kill -9) lets another replica on the same state_dir take the job over.", in_range(3, 3600)),

@@ -27,6 +27,11 @@ def _voice_choices(runtime):
     return [DEFAULT, UPLOAD] + ["%s (%s)" % (m["name"], m["id"]) for m in runtime.voices.list()]
 
 
+def _voice_pairs(runtime):
+    """The Voices tab's dropdown: (shown "name (id)", value id), oldest first."""
+    return [("%s (%s)" % (m["name"], m["id"]), m["id"]) for m in runtime.voices.list()]
+
+
 def _voice_value(choice):
     if choice and choice.endswith(")") and "(voice_" in choice:
         return choice.rsplit("(", 1)[1][:-1]
@@ -35,6 +40,20 @@ def _voice_value(choice):
 
 def _error(e):
     return "**Error:** %s" % e
+
+
+def admit(runtime, request):
+    """The API's per-client rate limit (limits.rate_limit_per_minute), for a UI action that
+    costs what its API twin costs. ``request.client`` is the address service/forwarded.py
+    resolved, so a UI user and an API caller from one address share one bucket; a refusal
+    is a RateLimitError, shown in the status line like any other error."""
+    client = getattr(getattr(request, "client", None), "host", None) or "-"
+    try:
+        runtime.limits.rate.check(client)
+    except GlmttsError as e:
+        if runtime.metrics is not None:
+            runtime.metrics.rejected.labels(e.code).inc()
+        raise
 
 
 def length_hint(runtime, text):
@@ -74,8 +93,9 @@ def synthesize_tab(runtime):
             out = gr.Audio(label="Result", type="numpy", interactive=False, buttons=["download"], elem_id="tts-out")
             status = gr.Markdown(elem_id="tts-status")
 
-    def run(voice_choice, ref_path, ptext, txt, sr, sd, cache, phon):
+    def run(voice_choice, ref_path, ptext, txt, sr, sd, cache, phon, request: gr.Request):
         try:
+            admit(runtime, request)
             raw = {"input": txt or "", "voice": _voice_value(voice_choice), "sample_rate": int(sr),
                    "seed": int(sd if sd is not None else s.engine.seed), "use_cache": bool(cache),
                    "phoneme": bool(phon), "prompt_text": ptext or ""}
@@ -95,7 +115,11 @@ def synthesize_tab(runtime):
         return (result.sample_rate, pcm), "Done: %.1f s of audio at %d Hz." % (result.duration_s, result.sample_rate)
 
     text.change(lambda t: length_hint(runtime, t), inputs=text, outputs=hint)
-    go.click(run, inputs=[voice, ref, prompt_text, text, rate, seed, use_cache, phoneme], outputs=[out, status])
+    # No Gradio concurrency limit of its own: the worker's queue (limits.max_concurrency,
+    # limits.max_queue) admits or refuses a UI synthesis exactly as it does an API one,
+    # instead of an unbounded Gradio queue in front of it.
+    go.click(run, inputs=[voice, ref, prompt_text, text, rate, seed, use_cache, phoneme], outputs=[out, status],
+             api_name="synthesize", concurrency_limit=None)
     return voice
 
 
@@ -103,19 +127,28 @@ def voices_tab(runtime):
     def table():
         return [[m["id"], m["name"], m["prompt_text"], m["duration_s"]] for m in runtime.voices.list()]
 
-    listing = gr.Dataframe(value=table(), headers=["id", "name", "prompt text", "seconds"], interactive=False)
+    # value=table (the function): Gradio calls it on every page load, so the list is current
+    listing = gr.Dataframe(value=table, headers=["id", "name", "prompt text", "seconds"], interactive=False)
     with gr.Row():
         name = gr.Textbox(label="Name")
         ref = gr.Audio(sources=["upload"], type="filepath", label="Reference audio")
         ptext = gr.Textbox(label="Transcript")
     add = gr.Button("Save voice")
     with gr.Row():
-        which = gr.Dropdown([m["id"] for m in runtime.voices.list()], label="Voice to delete")
+        # (label, value): the name shown, the id used (names may be renamed; ids never change).
+        # Its choices are refreshed whenever it is opened (focus), so a voice saved since the
+        # page loaded (here, through the API, in another tab) is there; allow_custom_value:
+        # Gradio would otherwise check a value against the choices the page was built with,
+        # and the store checks the id anyway (404 naming it).
+        which = gr.Dropdown(_voice_pairs(runtime), label="Voice", elem_id="voices-which", allow_custom_value=True)
+        new_name = gr.Textbox(label="New name", elem_id="voices-new-name")
+        rename = gr.Button("Rename voice")
         remove = gr.Button("Delete voice", variant="stop")
-    status = gr.Markdown()
+    status = gr.Markdown(elem_id="voices-status")
 
-    def do_add(n, path, t):
+    def do_add(n, path, t, request: gr.Request):
         try:
+            admit(runtime, request)  # POST /v1/voices is rate limited: saving one here is too
             if not path:
                 raise GlmttsError("upload a reference recording first")
             with open(path, "rb") as f:
@@ -123,18 +156,34 @@ def voices_tab(runtime):
             msg = "Saved voice %s (%s)." % (meta["name"], meta["id"])
         except GlmttsError as e:
             msg = _error(e)
-        return table(), gr.update(choices=[m["id"] for m in runtime.voices.list()]), msg
+        return table(), gr.update(choices=_voice_pairs(runtime)), msg
+
+    def do_rename(voice_id, n):
+        try:
+            if not voice_id:
+                raise GlmttsError("pick the voice to rename first")
+            meta = runtime.voices.rename(voice_id, n or "")  # the API's rule: unique, case-insensitively
+            msg = "Renamed %s to %s." % (meta["id"], meta["name"])
+        except GlmttsError as e:
+            return table(), gr.update(choices=_voice_pairs(runtime)), gr.update(), _error(e)
+        return table(), gr.update(choices=_voice_pairs(runtime), value=voice_id), "", msg
 
     def do_remove(voice_id):
         try:
-            runtime.voices.delete(voice_id or "")
+            if not voice_id:
+                raise GlmttsError("pick the voice to delete first")
+            runtime.voices.delete(voice_id)
             msg = "Deleted %s." % voice_id
         except GlmttsError as e:
             msg = _error(e)
-        return table(), gr.update(choices=[m["id"] for m in runtime.voices.list()], value=None), msg
+        return table(), gr.update(choices=_voice_pairs(runtime), value=None), msg
 
-    add.click(do_add, inputs=[name, ref, ptext], outputs=[listing, which, status])
-    remove.click(do_remove, inputs=which, outputs=[listing, which, status])
+    add.click(do_add, inputs=[name, ref, ptext], outputs=[listing, which, status], api_name="save_voice")
+    rename.click(do_rename, inputs=[which, new_name], outputs=[listing, which, new_name, status],
+                 api_name="rename_voice")
+    remove.click(do_remove, inputs=which, outputs=[listing, which, status], api_name="delete_voice")
+    which.focus(lambda: gr.update(choices=_voice_pairs(runtime)), outputs=which, api_visibility="private",
+                show_progress="hidden")
     return listing
 
 

@@ -57,7 +57,7 @@ def test_zero_shot_from_text_file_at_32k(env, tmp_path):
     text_file = tmp_path / "input.txt"
     text_file.write_text(MANDARIN, encoding="utf-8")
     out = tmp_path / "out.flac"
-    r = synth(env, "--text-file", str(text_file), "--prompt-audio", str(ref_path), "--prompt-text", "",
+    r = synth(env, "--text-file", str(text_file), "--prompt-audio", str(ref_path), "--prompt-text", "参考音频的文字",
               "--sample-rate", "32000", "--seed", "3", "--phoneme", "-o", str(out))
     assert r.returncode == 0, r.stderr
     y, sr = sf.read(io.BytesIO(out.read_bytes()), dtype="float32")
@@ -67,12 +67,13 @@ def test_zero_shot_from_text_file_at_32k(env, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--text", "你好", "--prompt-audio", "/nonexistent/ref.wav"], "prompt audio file /nonexistent/ref.wav does not exist"),
+    (["--text", "你好", "--prompt-audio", "/nonexistent/ref.wav", "--prompt-text", "参考"],
+     "prompt audio file /nonexistent/ref.wav does not exist"),
     (["--text", "你好", "--sample-rate", "16000"], "--sample-rate 16000 is not supported; allowed: 24000 | 32000"),
     (["--text", "。。。"], "input text is empty after normalization"),
     (["--text", "你好", "--speed", "9"], "--speed 9 is out of range; allowed: 0.25..4.0"),
-    (["--prompt-audio", "PROMPT_NOT_AUDIO", "--text", "你好"], "is not a recognised audio file"),
-    (["--prompt-audio", "PROMPT_SHORT", "--text", "你好"], "1.0 s long; it must be at least 2 s"),
+    (["--prompt-audio", "PROMPT_NOT_AUDIO", "--prompt-text", "参考", "--text", "你好"], "is not a recognised audio file"),
+    (["--prompt-audio", "PROMPT_SHORT", "--prompt-text", "参考", "--text", "你好"], "1.0 s long; it must be at least 2 s"),
     (["--text", "你好", "-o", "/nonexistent/dir/out.wav"], "output directory /nonexistent/dir does not exist"),
 ])
 def test_bad_input_is_one_line_without_traceback(env, tmp_path, args, message):

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 
-from ..errors import EXIT_FAILURE, EXIT_OK
+from ..errors import EXIT_FAILURE, EXIT_OK, InputError
 
 EXIT_INTERRUPTED = 130
 
@@ -58,7 +58,8 @@ def add_parser(sub):
     c.add_argument("job")
     c.set_defaults(func=cmd_cancel)
 
-    pr = verbs.add_parser("prune", help="delete finished jobs and their outputs older than batch.retention_days")
+    pr = verbs.add_parser("prune", help="delete finished jobs and their outputs older than batch.retention_days "
+                                        "(and the UI's cached uploads and results under paths.state_dir/cache)")
     pr.add_argument("--older-than", metavar="DAYS", type=float, help="override batch.retention_days")
     pr.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
     pr.add_argument("--json", action="store_true")
@@ -76,8 +77,20 @@ def _setup_logging():
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _require_file(path):
+    """A batch file that is not there is one usage error (the CLI prints it on one line,
+    exit 2), not a report of "0 of 0 lines valid"."""
+    if os.path.isdir(path):
+        raise InputError("%s is a directory, not a batch file" % path)
+    if not os.path.isfile(path):
+        raise InputError("batch file %s does not exist" % path)
+    if not os.access(path, os.R_OK):
+        raise InputError("batch file %s is not readable by this user" % path)
+
+
 def cmd_validate(args):
     from .validate import validate_file
+    _require_file(args.file)
     report = validate_file(args.file, _settings(args))
     if args.json:
         print(json.dumps(report.to_dict(), ensure_ascii=False, indent=1))
@@ -193,6 +206,8 @@ def cmd_status(args):
         p["total"] - p["pending"], p["total"], p["percent"], p["done"], p["failed"]))
     print("  outputs:  %s" % summary["out_dir"])
     print("  source:   %s" % (summary["source"] or "upload"))
+    if summary.get("runner"):
+        print("  run by:   %s" % summary["runner"])
     for f in summary["failures"]:
         print("  failed line %s (%s): %s" % (f["line"], f["output_name"], f["reason"]))
     if summary["state"] == "interrupted":
@@ -245,6 +260,10 @@ def cmd_prune(args):
             verb, len(report["pruned"]), report["older_than_days"], human_bytes(report["bytes_freed"])))
         for d in report["kept_outputs"]:
             print("  kept user output directory %s (not managed by glmtts)" % d)
+        cache = report.get("cache")
+        if cache and cache["files"]:
+            print("%s %d cached UI file(s) (uploads, results) under %s, %s freed" % (
+                verb, cache["files"], os.path.dirname(cache["dirs"][0]), human_bytes(cache["bytes_freed"])))
         for e in report["errors"]:
             print("  error: %s" % e)
     return EXIT_FAILURE if report["errors"] else EXIT_OK

@@ -4,6 +4,9 @@
 Unfinished jobs are never pruned. Outputs are deleted only from directories the store
 manages (``<paths.output_dir>/<id>/``); for a job run with `glmtts batch run --out DIR`
 only the job record goes and the user's directory is left alone (reported as kept).
+
+The service's scratch files (the UI's uploads and results under <state_dir>/cache,
+glmtts/cachedir.py) are pruned by the same call with the same age, as "cache".
 """
 
 import logging
@@ -11,6 +14,7 @@ import os
 import shutil
 import time
 
+from .. import cachedir
 from . import states
 from .fsutil import Disk
 from .store import JobStore
@@ -58,4 +62,6 @@ def prune(settings, older_than_days=None, now=None, *, dry_run=False, disk=None)
                      job.status, (now - finished) / DAY, freed)
         report["pruned"].append(job.id)
         report["bytes_freed"] += freed
+    report["cache"] = cachedir.prune(settings, older_than_days=days, now=now, dry_run=dry_run)
+    report["errors"].extend("cache: %s" % e for e in report["cache"]["errors"])
     return report
