@@ -179,7 +179,7 @@ SETTINGS = [
       "cache) older than this are pruned (glmtts batch prune; the service prunes its cache hourly).", in_range(0)),
     S("batch", "max_tasks", int, 10000, "Most tasks in one batch file.", in_range(1)),
     S("batch", "max_line_bytes", int, 65536, "Longest JSONL line accepted.", in_range(256)),
-    S("batch", "lease_s", float, 30.0, "A replica holds a job by a lease renewed every lease_s/3; a lease not renewed for this long (a replica killed with kill -9) lets another replica on the same state_dir take the job over.", in_range(3, 3600)),
+    S("batch", "lease_s", float, 30.0, "A replica holds a job by a lease renewed every lease_s/3; a lease not renewed for this long (a replica killed with kill -9 on another host) lets another replica on the same state_dir take the job over (on the same node a dead replica is taken over at once).", in_range(3, 3600)),
     # [watchdog]
     S("watchdog", "url", str, "", "Base URL of the service to probe; \"\" = http://server.host:server.port (follows the port; a wildcard host is probed on loopback).", url_or_empty),
     S("watchdog", "unit", str, "glmtts", "systemd unit or supervisord program name of the service."),

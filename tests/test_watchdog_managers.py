@@ -143,3 +143,21 @@ def test_the_supervisord_log_tells_a_planned_restart_from_a_crash():
     exited = kinds.index(M.EXITED)
     assert stopped < exited and "not expected" in events[exited].line
     assert events[exited].at is not None  # the line's own time, for fault_at
+
+
+def test_systemd_restart_and_start_queue_the_job_and_wait_ready_waits_for_the_model():
+    """A start job lasts until READY=1 (a GLM-TTS load takes minutes, after a drain of up to
+    the stop budget): the watchdog queues it and its wait_ready step does the waiting."""
+    host = RecordedHost({"systemctl": (0, "", "")})
+    sd = M.SystemdManager(host)
+    sd.restart("glmtts")
+    sd.start("glmtts")
+    assert ["systemctl", "restart", "--no-block", "glmtts"] in host.ran
+    assert host.ran[-2:] == [["systemctl", "reset-failed", "glmtts"], ["systemctl", "start", "--no-block", "glmtts"]]
+
+
+def test_a_stop_may_take_the_stop_budget_of_the_configured_drain():
+    from glmtts import config
+    s = config.load(path="", env={"GLMTTS_SERVER_DRAIN_TIMEOUT_S": "300"})
+    assert M.detect(s.replace(watchdog__manager="systemd"), RecordedHost({})).stop_timeout_s == config.stop_grace_s(s) + 30 == 345
+    assert M.SupervisorManager(RecordedHost({}), "").stop_timeout_s == config.stop_grace_s() + 30

@@ -8,6 +8,7 @@ import re
 import sys
 from dataclasses import dataclass
 
+from ..config import stop_grace_s
 from .host import Completed
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,10 @@ class NoManager:
     name = "none"
     EVENTS = ()                     # (kind, regex with a `unit` group [, detail group]) in the manager's words
 
-    def __init__(self, host):
+    def __init__(self, host, stop_timeout_s=None):
         self.host = host
+        # how long a stop may take: the service drains first (config.stop_grace_s), plus slack
+        self.stop_timeout_s = stop_timeout_s or stop_grace_s() + 30
 
     def status(self, unit):
         return UnitStatus(unit, self.name, UNKNOWN, "no service manager found (set watchdog.manager)")
@@ -198,16 +201,21 @@ class SystemdManager(NoManager):
             pids.update(self.host.descendants(st.main_pid))
         return sorted(pids)
 
+    # restart/start only queue the job (--no-block): a start job lasts until READY=1, which
+    # for GLM-TTS is a model load of minutes (TimeoutStartSec=15min), after a stop that may
+    # drain for the stop budget. The runbook's next step, wait_ready, waits for it with
+    # watchdog.ready_timeout_s; an unknown or masked unit still fails here at once.
     def restart(self, unit):
-        return self.host.run(["systemctl", "restart", unit], timeout=120)
+        return self.host.run(["systemctl", "restart", "--no-block", unit], timeout=60)
 
     def start(self, unit):
         # a crash-looping unit refuses to start until its failure counter is reset
         self.host.run(["systemctl", "reset-failed", unit], timeout=30)
-        return self.host.run(["systemctl", "start", unit], timeout=120)
+        return self.host.run(["systemctl", "start", "--no-block", unit], timeout=60)
 
     def stop(self, unit):
-        return self.host.run(["systemctl", "stop", unit], timeout=120)
+        # a stop waits for the drain: up to the unit's TimeoutStopSec (the stop budget)
+        return self.host.run(["systemctl", "stop", unit], timeout=self.stop_timeout_s)
 
     def journal(self, unit, cursor=None, since="-15min"):
         """(lines, new_cursor): the manager's own messages about unit since cursor."""
@@ -241,8 +249,8 @@ class SupervisorManager(NoManager):
     STATES = {"RUNNING": RUNNING, "STARTING": STARTING, "BACKOFF": STARTING, "STOPPING": STOPPING,
               "STOPPED": STOPPED, "EXITED": FAILED, "FATAL": CRASH_LOOP}
 
-    def __init__(self, host, conf=""):
-        super().__init__(host)
+    def __init__(self, host, conf="", stop_timeout_s=None):
+        super().__init__(host, stop_timeout_s)
         self.conf = conf
 
     def ctl(self, *args, timeout=60):
@@ -267,14 +275,16 @@ class SupervisorManager(NoManager):
             return []
         return [st.main_pid] + self.host.descendants(st.main_pid)
 
+    # supervisorctl waits stopwaitsecs (the stop budget) for a stop and startsecs for a
+    # start, not for the model load: ready is wait_ready's to wait for.
     def restart(self, unit):
-        return self.ctl("restart", unit, timeout=180)
+        return self.ctl("restart", unit, timeout=self.stop_timeout_s + 60)
 
     def start(self, unit):
         return self.ctl("start", unit, timeout=180)
 
     def stop(self, unit):
-        return self.ctl("stop", unit, timeout=180)
+        return self.ctl("stop", unit, timeout=self.stop_timeout_s)
 
     def _config(self):
         cp = configparser.RawConfigParser(strict=False)
@@ -331,14 +341,15 @@ def detect(settings, host):
     """The manager named by watchdog.manager, or the one this host runs."""
     choice = settings.watchdog.manager
     conf = settings.watchdog.supervisor_conf
+    stop_s = stop_grace_s(settings) + 30
     if choice == "systemd":
-        return SystemdManager(host)
+        return SystemdManager(host, stop_s)
     if choice == "supervisor":
-        return SupervisorManager(host, conf)
+        return SupervisorManager(host, conf, stop_s)
     if os.path.isdir("/run/systemd/system") and host.which("systemctl"):
-        st = SystemdManager(host).status(settings.watchdog.unit)
+        st = SystemdManager(host, stop_s).status(settings.watchdog.unit)
         if st.state != UNKNOWN:
-            return SystemdManager(host)
+            return SystemdManager(host, stop_s)
     if conf or os.path.exists("/etc/supervisord.conf") or os.path.exists("/etc/supervisor/supervisord.conf"):
-        return SupervisorManager(host, conf)
-    return NoManager(host)
+        return SupervisorManager(host, conf, stop_s)
+    return NoManager(host, stop_s)
