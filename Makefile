@@ -47,12 +47,12 @@ bench: install
 	@for b in engine service batch watchdog recovery; do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
 
 # `sudo make install-system`: user, dirs, config, systemd units, logrotate, watchdog timer
-# (glmtts-ops install; DRY_RUN=1 prints the plan). Then `systemctl enable --now glmtts`.
+# (glmtts-system install; DRY_RUN=1 prints the plan). Then `systemctl enable --now glmtts`.
 install-system: install
-	$(VENV)/bin/glmtts-ops install $(if $(DRY_RUN),--dry-run) $(INSTALL_ARGS)
+	$(VENV)/bin/glmtts-system install $(if $(DRY_RUN),--dry-run) $(INSTALL_ARGS)
 
 uninstall-system:
-	$(VENV)/bin/glmtts-ops uninstall $(if $(DRY_RUN),--dry-run) $(INSTALL_ARGS)
+	$(VENV)/bin/glmtts-system uninstall $(if $(DRY_RUN),--dry-run) $(INSTALL_ARGS)
 
 clean:
 	rm -rf $(VENV) run build *.egg-info

@@ -25,7 +25,7 @@ def add_parser(sub):
         "check", help="load the configured engine and synthesize once, inside the installed unit's sandbox when there "
                       "is one; one line, exit 0 only if it spoke",
         description="With systemd as PID 1 and the unit installed: runs the check through systemd-run with the "
-                    "unit's own user, sandbox and environment (as glmtts-ops install does; needs root). Otherwise, "
+                    "unit's own user, sandbox and environment (as glmtts-system install does; needs root). Otherwise, "
                     "or with --in-process, runs it here and says that it ran without the unit's sandbox. "
                     "Exit 0 = it spoke; 78 configuration error; 3 the engine could not load; 1 anything else.")
     c.add_argument("--unit", default="glmtts.service", metavar="UNIT",
@@ -63,7 +63,7 @@ def why_no_sandbox(unit, booted=SYSTEMD_BOOTED):
 
 
 def run_check(args, host=None):
-    from . import ops, preflight
+    from . import install, preflight
 
     reason = "--in-process" if args.in_process else why_no_sandbox(args.unit)
     if reason:
@@ -72,7 +72,7 @@ def run_check(args, host=None):
         if os.geteuid() != 0:
             raise GlmttsError("the check in %s's sandbox runs as its User= through systemd-run, which needs root: "
                               "sudo glmtts engines check (or --in-process, without the sandbox)" % args.unit)
-        host = host or ops.Host("/")
+        host = host or install.Host("/")
         assigned = preflight.assignments(preflight.unit_texts(host, args.unit), args.unit)
         cmd, limit_s = preflight.command(assigned, args.unit, text=args.text,
                                          config=os.path.abspath(args.config) if args.config else None)

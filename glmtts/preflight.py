@@ -4,7 +4,7 @@ crash loop at 2 a.m.
 
 Two halves in one module:
 
-- the caller's half (`glmtts-ops install`, `glmtts engines check`) reads the installed unit
+- the caller's half (`glmtts-system install`, `glmtts engines check`) reads the installed unit
   and its drop-ins, turns every [Service] setting that shapes the process (user, sandbox,
   environment, working directory, limits) into a `systemd-run -p` property, and runs
   ``systemd-run --wait --pipe --collect --quiet -p ... <the unit's python> -m glmtts.preflight``.
@@ -74,9 +74,9 @@ SKIPPED = {
 SYSTEMD_STATUS = {
     200: "WorkingDirectory= does not exist or is hidden in the sandbox (status 200/CHDIR)",
     203: "the unit's interpreter cannot be executed in the sandbox (status 203/EXEC): ProtectHome=/"
-         "PrivateTmp= hide it, or it is missing; fix: glmtts-ops install binds it back in 10-deploy-paths.conf",
-    216: "the unit's Group= does not exist (status 216/GROUP); fix: glmtts-ops install creates it",
-    217: "the unit's User= does not exist (status 217/USER); fix: glmtts-ops install creates it",
+         "PrivateTmp= hide it, or it is missing; fix: glmtts-system install binds it back in 10-deploy-paths.conf",
+    216: "the unit's Group= does not exist (status 216/GROUP); fix: glmtts-system install creates it",
+    217: "the unit's User= does not exist (status 217/USER); fix: glmtts-system install creates it",
     226: "systemd could not set up the unit's mount namespace (status 226/NAMESPACE): a path in "
          "ReadWritePaths=/ReadOnlyPaths=/BindReadOnlyPaths= is missing; fix: create it or prefix it with -",
 }
@@ -124,7 +124,7 @@ def unit_texts(host, unit, replace=None):
     file_name, dirs, _ = unit_names(unit)
     main = next((t for t in (text("%s/%s" % (d, file_name)) for d in reversed(UNIT_DIRS)) if t is not None), None)
     if main is None:
-        raise PreflightError("%s is not installed (no %s in %s); run glmtts-ops install"
+        raise PreflightError("%s is not installed (no %s in %s); run glmtts-system install"
                              % (unit, file_name, " or ".join(UNIT_DIRS)))
     dropins = {}
     for sub in dirs:
@@ -254,7 +254,7 @@ def read_result(rc, stdout, stderr, where, limit_s=None):
         detail = "FAILED: no answer within %s s; the engine neither loaded nor spoke in the unit's start budget" % limit_s
     elif "Failed to connect to bus" in (stderr or ""):
         detail = ("FAILED: systemd-run --wait needs the D-Bus system bus, which is not running; fix: "
-                  "systemctl start dbus.socket (package dbus), or skip the check: glmtts-ops install --no-preflight")
+                  "systemctl start dbus.socket (package dbus), or skip the check: glmtts-system install --no-preflight")
     elif rc in SYSTEMD_STATUS:
         detail = "FAILED: " + SYSTEMD_STATUS[rc]
     else:
@@ -387,7 +387,7 @@ def in_process(config_path=None, text=None, reason=""):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m glmtts.preflight", description=(
         "Load the configured engine ($GLMTTS_CONFIG), synthesize once, print one line "
-        "(marked %s) and exit 0 when the audio is audible. Started by glmtts-ops install and "
+        "(marked %s) and exit 0 when the audio is audible. Started by glmtts-system install and "
         "glmtts engines check inside the unit's sandbox (systemd-run)." % MARK))
     p.add_argument("--as", dest="unit", metavar="UNIT", help="the unit whose sandbox this runs in (for the fix hints)")
     p.add_argument("--writable", action="append", default=[], metavar="DIR", help="a ReadWritePaths= entry of that unit")

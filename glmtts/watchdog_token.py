@@ -1,6 +1,6 @@
 """The watchdog's identity towards the service it guards: a per-host secret in a file
 beside the configuration file (`/etc/glmtts/watchdog.token`, root:glmtts 0640, written by
-`glmtts-ops install`; `run/watchdog.token`, 0600, written by `make run`).
+`glmtts-system install`; `run/watchdog.token`, 0600, written by `make run`).
 
 Only root (the watchdog) and the service's group can read it. The watchdog sends it in
 the ``X-Glmtts-Watchdog`` header; the service compares it in constant time and gives a

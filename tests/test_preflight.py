@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from glmtts import ops, preflight
+from glmtts import install, preflight
 from glmtts.errors import EngineLoadError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = "/srv/deploy"  # a rendered unit for a deploy tree somewhere else
-UNIT = ops.render_unit((ROOT / "ops/glmtts.service").read_text(), DEPLOY)
-TEMPLATE = ops.render_unit((ROOT / "ops/glmtts@.service").read_text(), DEPLOY)
-DROP_IN = ops.drop_in_text(["/home/ops/.pyenv/versions/3.11.9"])
+UNIT = install.render_unit((ROOT / "ops/glmtts.service").read_text(), DEPLOY)
+TEMPLATE = install.render_unit((ROOT / "ops/glmtts@.service").read_text(), DEPLOY)
+DROP_IN = install.drop_in_text(["/home/ops/.pyenv/versions/3.11.9"])
 
 
 def props(cmd):

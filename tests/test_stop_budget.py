@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from glmtts import config, localrun, ops
+from glmtts import config, install as installer, localrun
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = config.stop_grace_s()
@@ -78,10 +78,10 @@ def test_set_stop_budget_names_a_template_without_one():
 
 def test_render_unit_changes_only_the_stop_budget():
     text = (ROOT / "ops" / "glmtts.service").read_text()
-    out = ops.render_unit(text, "/srv/glmtts", 135)
+    out = installer.render_unit(text, "/srv/glmtts", 135)
     assert values(section(out, "Service"), "TimeoutStopSec") == ["135"]
     assert out.replace("TimeoutStopSec=135", "TimeoutStopSec=%d" % DEFAULT) == text.replace("/opt/glmtts", "/srv/glmtts")
-    assert ops.render_unit(text, "/opt/glmtts") == text
+    assert installer.render_unit(text, "/opt/glmtts") == text
 
 
 needs_root_tools = pytest.mark.skipif(
@@ -91,7 +91,7 @@ needs_root_tools = pytest.mark.skipif(
 
 @pytest.fixture
 def tree(tmp_path):
-    """A minimal / with the account databases useradd --prefix edits (as tests/test_ops.py)."""
+    """A minimal / with the account databases useradd --prefix edits (as tests/test_install.py)."""
     etc = tmp_path / "etc"
     etc.mkdir()
     (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
@@ -105,7 +105,7 @@ def tree(tmp_path):
 
 def install(tree):
     out = io.StringIO()
-    rc = ops.main(["install", "--root", str(tree), "--deploy-dir", str(ROOT)], out=out)
+    rc = installer.main(["install", "--root", str(tree), "--deploy-dir", str(ROOT)], out=out)
     assert rc == 0, out.getvalue()
     return out.getvalue()
 
@@ -134,7 +134,7 @@ def test_install_writes_the_budget_of_the_hosts_config(tree):
     install(tree)
     assert unit_budget(tree, "glmtts.service") == ["150"]  # 20 + 120 + 10
     watchdog_unit = (tree / "etc/systemd/system/glmtts-watchdog.service").read_text()
-    assert watchdog_unit == ops.render_unit((ROOT / "ops" / "glmtts-watchdog.service").read_text(), ROOT)
+    assert watchdog_unit == installer.render_unit((ROOT / "ops" / "glmtts-watchdog.service").read_text(), ROOT)
 
 
 @needs_root_tools

@@ -70,7 +70,7 @@ def unit_evidence(status, previous, events=None):
 
 def planned(status, previous, events):
     """The operator's own doings since the last cycle (stop, restart, reload through the
-    manager: systemctl, supervisorctl, glmtts-ops, a deploy), as the manager tells them:
+    manager: systemctl, supervisorctl, glmtts-system, a deploy), as the manager tells them:
     [{"what", "line", "at"}]. Not incidents: nobody is paged for them."""
     out = []
     for e, asked in exits(events):

@@ -1,5 +1,5 @@
 """System-test fixtures: a private systemd (tests/system/privsys.py), glmtts installed into
-it by `glmtts-ops install`, a local alert receiver, and the recovery-time results file.
+it by `glmtts-system install`, a local alert receiver, and the recovery-time results file.
 
 A machine that cannot boot a private systemd skips these tests, except when
 GLMTTS_TEST_REQUIRE_SYSTEMD=1 (CI: .ci/run), where that is a failure.
@@ -182,7 +182,7 @@ timeout_s = 5.0
 
 
 class Deployment:
-    """glmtts as installed by `glmtts-ops install` in the private systemd, seen from the test."""
+    """glmtts as installed by `glmtts-system install` in the private systemd, seen from the test."""
 
     def __init__(self, sd, port, alerts):
         self.sd, self.port, self.alerts = sd, port, alerts
@@ -268,9 +268,9 @@ class Deployment:
 
 
 def install_glmtts(sd, port, alerts, instances=()):
-    """`glmtts-ops install` inside the namespace (the glmtts user is created in its private
+    """`glmtts-system install` inside the namespace (the glmtts user is created in its private
     /etc overlay), then the test's config and drop-ins."""
-    args = [str(TOOLS / "glmtts-ops"), "install", "--no-start", "--deploy-dir", str(ROOT)]
+    args = [str(TOOLS / "glmtts-system"), "install", "--no-start", "--deploy-dir", str(ROOT)]
     if instances:
         args += ["--instances", ",".join(str(i) for i in instances)]
     out = sd.run(args).stdout

@@ -3,7 +3,7 @@
 The recipe of shared/examples/private-systemd.sh (the workplace's shared folder), in Python, plus three things:
 
 - /etc is an overlay whose writable layer is a tmpfs inside the namespace, so
-  `glmtts-ops install` can really create the glmtts user (useradd) without touching the
+  `glmtts-system install` can really create the glmtts user (useradd) without touching the
   machine's /etc/passwd; /etc/systemd/system and /etc/glmtts are private tmpfs on top.
 - /tmp is a private tmpfs as well: nothing in the namespace can write to (or wipe) the
   machine's shared /tmp, and units' PrivateTmp= directories live and die in there.

@@ -1,4 +1,4 @@
-"""`systemctl stop glmtts` under load, in a real systemd, with the unit as `glmtts-ops
+"""`systemctl stop glmtts` under load, in a real systemd, with the unit as `glmtts-system
 install` rendered it (TimeoutStopSec = config.stop_grace_s(), KillSignal=SIGTERM,
 KillMode=mixed): every request queued before the stop gets its audio, nothing answers 5xx
 but 503 draining, the unit ends with Result=success and ExecMainStatus=0 well within its
@@ -20,7 +20,7 @@ SLOW_S = 0.75
 
 
 def installed_budget(d):
-    """TimeoutStopSec of the unit file glmtts-ops install wrote (before the tests' drop-ins)."""
+    """TimeoutStopSec of the unit file glmtts-system install wrote (before the tests' drop-ins)."""
     text = d.file("/etc/systemd/system/glmtts.service").read_text()
     return int(re.search(r"(?m)^TimeoutStopSec=(\d+)$", text).group(1))
 

@@ -124,7 +124,7 @@ def test_one_instance_per_gpu_side_by_side_watched_by_the_watchdog(deployed):
     assert ports[0] != ports[1]
     for i, port in ports.items():  # kept by install (never overwritten): free ports on this machine
         d.write("/etc/glmtts/instance-%d.env" % i, "GLMTTS_SERVER_PORT=%d\n" % port, 0o640)
-    out = d.sd.run([str(TOOLS / "glmtts-ops"), "install", "--no-start", "--instances", "0,1"]).stdout
+    out = d.sd.run([str(TOOLS / "glmtts-system"), "install", "--no-start", "--instances", "0,1"]).stdout
     assert "instance-0.env exists (kept)" in out and "create  file /var/log/glmtts/access@1.log" in out
     cfg = d.file("/etc/glmtts/glmtts.toml").read_text()
     watched = 'instances = ["glmtts@0=http://127.0.0.1:%d", "glmtts@1=http://127.0.0.1:%d"]' % (ports[0], ports[1])

@@ -1,4 +1,4 @@
-"""The preflight under the real (private) systemd, the way the unit runs: `glmtts-ops
+"""The preflight under the real (private) systemd, the way the unit runs: `glmtts-system
 install` and `glmtts engines check` load the engine through systemd-run with the
 installed glmtts.service's own user, sandbox and environment, and say in one line
 whether it spoke. An engine that writes into its own package directory (WeTextProcessing
@@ -88,15 +88,15 @@ def test_install_stops_before_enabling_anything_when_the_preflight_fails(deploye
     d = deployed
     live = d.file("/etc/glmtts/glmtts.toml")
     original = live.read_text()
-    install = [str(ROOT / ".venv/bin/glmtts-ops"), "install", "--no-start", "--deploy-dir", str(ROOT)]
+    install = [str(ROOT / ".venv/bin/glmtts-system"), "install", "--no-start", "--deploy-dir", str(ROOT)]
     try:
         live.write_text('[server]\nui = false\n\n[engine]\nname = "%s"\n' % WRITER)
         failed = d.sd.run(install, check=False, timeout=300)
         errors = failed.stderr.strip().splitlines()
         assert failed.returncode == 3 and len(errors) == 1, (failed.stdout, failed.stderr)
-        assert errors[0].startswith("glmtts-ops install: error: preflight FAILED (%s): engine %s load() cannot write %s"
+        assert errors[0].startswith("glmtts-system install: error: preflight FAILED (%s): engine %s load() cannot write %s"
                                     % (SANDBOX, WRITER, no_fst)), errors[0]
-        assert errors[0].endswith("; then run glmtts-ops install again (or --no-preflight to install anyway)")
+        assert errors[0].endswith("; then run glmtts-system install again (or --no-preflight to install anyway)")
         assert "systemctl enable" not in failed.stdout
 
         skipped = d.sd.run(install + ["--no-preflight"], check=False, timeout=300)

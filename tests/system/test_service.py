@@ -1,4 +1,4 @@
-"""glmtts under a real systemd, installed by `glmtts-ops install`: start, crash, hang,
+"""glmtts under a real systemd, installed by `glmtts-system install`: start, crash, hang,
 faults, crash loop, a foreign port holder, a full outputs disk. Each scenario leaves the
 service healthy for the next and records its time to recover in artifacts/recovery.json (bench/recovery.py)."""
 

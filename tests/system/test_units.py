@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from glmtts import ops
+from glmtts import install
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPOSURE_TARGET = 2.5
@@ -20,10 +20,10 @@ pytestmark = [pytest.mark.system,
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    """The units exactly as `glmtts-ops install` writes them for this deploy tree."""
+    """The units exactly as `glmtts-system install` writes them for this deploy tree."""
     d = tmp_path_factory.mktemp("units")
-    for unit in ops.UNITS:
-        (d / unit).write_text(ops.render_unit((ROOT / "ops" / unit).read_text(), ROOT))
+    for unit in install.UNITS:
+        (d / unit).write_text(install.render_unit((ROOT / "ops" / unit).read_text(), ROOT))
     return d
 
 

@@ -1,4 +1,4 @@
-"""`glmtts-ops install|uninstall` against a directory tree (--root): real useradd/groupadd
+"""`glmtts-system install|uninstall` against a directory tree (--root): real useradd/groupadd
 (--prefix), real files, owners and modes, real `systemctl --root enable`."""
 
 import io
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from glmtts import config, ops, preflight
+from glmtts import config, install as installer, preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_root_tools = pytest.mark.skipif(
@@ -35,7 +35,7 @@ def tree(tmp_path):
 
 def install(tree, *args):
     out = io.StringIO()
-    rc = ops.main(["install", "--root", str(tree), "--deploy-dir", str(ROOT)] + list(args), out=out)
+    rc = installer.main(["install", "--root", str(tree), "--deploy-dir", str(ROOT)] + list(args), out=out)
     return rc, out.getvalue()
 
 
@@ -66,7 +66,7 @@ def test_install_creates_user_dirs_config_units_and_enables_timer(tree):
     assert cfg.read_text() == (ROOT / "ops/glmtts.toml.example").read_text()
 
     units = tree / "etc/systemd/system"
-    for unit in ops.SERVICE_UNITS:
+    for unit in installer.SERVICE_UNITS:
         text = (units / unit).read_text()
         assert "/opt/glmtts" not in text and "WorkingDirectory=%s\n" % ROOT in text
     assert "ExecStart=%s/.venv/bin/python -m service" % ROOT in (units / "glmtts.service").read_text()
@@ -134,13 +134,13 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
 def test_uninstall_keeps_data_and_purge_removes_everything(tree):
     assert install(tree)[0] == 0
     out = io.StringIO()
-    assert ops.main(["uninstall", "--root", str(tree)], out=out) == 0
+    assert installer.main(["uninstall", "--root", str(tree)], out=out) == 0
     assert not (tree / "etc/systemd/system/glmtts.service").exists()
     assert not (tree / "etc/logrotate.d/glmtts").exists()
     assert not (tree / "etc/systemd/system/timers.target.wants/glmtts-watchdog.timer").exists()
     assert (tree / "etc/glmtts/glmtts.toml").exists() and (tree / "var/lib/glmtts").is_dir()
     assert "kept    /etc/glmtts, /var/lib/glmtts, /var/log/glmtts and user glmtts" in out.getvalue()
-    assert ops.main(["uninstall", "--root", str(tree), "--purge"], out=io.StringIO()) == 0
+    assert installer.main(["uninstall", "--root", str(tree), "--purge"], out=io.StringIO()) == 0
     assert not (tree / "etc/glmtts").exists() and not (tree / "var/lib/glmtts").exists()
     assert "glmtts:" not in (tree / "etc/passwd").read_text()
 
@@ -154,15 +154,15 @@ def test_home_and_tmp_paths_are_bound_back_by_a_drop_in(tmp_path):
     base = str(Path(os.path.realpath(sys.executable)).parent.parent)
     expected = [str(deploy)] if str(deploy).startswith(("/tmp/", "/var/tmp/")) else []
     expected += [base] if base.startswith(("/root/", "/home/", "/tmp/", "/var/tmp/")) else []
-    assert ops.home_paths(deploy) == expected
-    text = ops.drop_in_text(["/root/.pyenv/versions/3.11.7"])
+    assert installer.home_paths(deploy) == expected
+    text = installer.drop_in_text(["/root/.pyenv/versions/3.11.7"])
     assert "ProtectHome=tmpfs" in text and "BindReadOnlyPaths=/root/.pyenv/versions/3.11.7" in text
-    text = ops.drop_in_text(["/var/tmp/checkout"])
+    text = installer.drop_in_text(["/var/tmp/checkout"])
     assert "ProtectHome=tmpfs" not in text and "BindReadOnlyPaths=/var/tmp/checkout" in text
 
 
 def test_bad_deploy_dir_is_a_one_line_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "glmtts.ops", "install", "--dry-run", "--root", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "glmtts.install", "install", "--dry-run", "--root", str(tmp_path),
                            "--deploy-dir", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
@@ -170,14 +170,14 @@ def test_bad_deploy_dir_is_a_one_line_error(tmp_path):
 
 
 def test_bad_instances_argument_names_the_option(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "glmtts.ops", "install", "--dry-run", "--instances", "a,b"],
+    proc = subprocess.run([sys.executable, "-m", "glmtts.install", "install", "--dry-run", "--instances", "a,b"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "--instances takes GPU indexes such as 0,1" in proc.stderr
 
 
 # -- the preflight step, with a recording fake at the Host seam -------------------------------
 
-class FakeHost(ops.Host):
+class FakeHost(installer.Host):
     """A live host (not --root offline) whose files live under a tmp dir; accounts, chown,
     systemctl and the preflight command are recorded instead of done."""
 
@@ -225,7 +225,7 @@ def fake_install(host, *args):
     out, err = io.StringIO(), io.StringIO()
     saved, sys.stderr = sys.stderr, err
     try:
-        rc = ops.main(["install", "--deploy-dir", str(ROOT)] + list(args), host=host, out=out)
+        rc = installer.main(["install", "--deploy-dir", str(ROOT)] + list(args), host=host, out=out)
     finally:
         sys.stderr = saved
     return rc, out.getvalue(), err.getvalue()
@@ -256,9 +256,9 @@ def test_a_failed_preflight_is_one_line_and_nothing_is_enabled(tmp_path):
     rc, out, err = fake_install(host)
     assert rc == 3
     assert err.splitlines() == [
-        "glmtts-ops install: error: preflight FAILED (glmtts.service's sandbox: user glmtts, ProtectSystem=strict): "
+        "glmtts-system install: error: preflight FAILED (glmtts.service's sandbox: user glmtts, ProtectSystem=strict): "
         "engine glmtts load() cannot write /venv/tn/x.fst: read-only file system (ProtectSystem=strict in glmtts.service "
-        "leaves only /var/lib/glmtts /var/log/glmtts writable); fix: ...; then run glmtts-ops install again "
+        "leaves only /var/lib/glmtts /var/log/glmtts writable); fix: ...; then run glmtts-system install again "
         "(or --no-preflight to install anyway)"]
     assert not any(c[:2] == ("systemctl", "enable") for c in host.calls)
 
@@ -292,9 +292,9 @@ def test_dry_run_and_root_say_what_the_preflight_would_do(tmp_path):
 
 
 def test_help_describes_the_preflight():
-    text = ops.build_parser()._subparsers._group_actions[0].choices["install"].format_help()
+    text = installer.build_parser()._subparsers._group_actions[0].choices["install"].format_help()
     assert "--no-preflight" in text and "weights not downloaded yet" in text
-    assert "preflight the engine in the unit's sandbox" in ops.build_parser().format_help()
+    assert "preflight the engine in the unit's sandbox" in installer.build_parser().format_help()
 
 
 @needs_root_tools
