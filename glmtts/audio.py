@@ -23,12 +23,25 @@ SILENCE_DBFS = -55.0  # a reference whose loudness is below this carries no voic
 DEFAULT_MIN_S = 2.0
 DEFAULT_MAX_S = 30.0
 
-# response_format -> (libsndfile format, subtype, media type)
+# response_format -> (libsndfile format, subtype, media type). The order is OpenAI's list
+# (mp3 first: its default). wav and flac are written by libsndfile; mp3, opus and aac by
+# PyAV (FFmpeg's libmp3lame, libopus and native AAC encoders, bundled in PyAV's wheels):
+# one encoder that also encodes incrementally, for streamed answers (StreamEncoder).
 FORMATS = {
-    "wav": ("WAV", "PCM_16", "audio/wav"),
+    "mp3": (None, None, "audio/mpeg"),
+    "opus": (None, None, "audio/ogg"),  # Opus in an Ogg container (RFC 7845), like OpenAI's
+    "aac": (None, None, "audio/aac"),  # AAC-LC in ADTS frames: playable while it arrives
     "flac": ("FLAC", "PCM_16", "audio/flac"),
-    "mp3": ("MP3", "MPEG_LAYER_III", "audio/mpeg"),
+    "wav": ("WAV", "PCM_16", "audio/wav"),
     "pcm": (None, None, "audio/pcm"),  # raw s16le, mono, at the requested rate
+}
+# PyAV formats: (container, encoder, the sample rates the encoder takes or None for any,
+# bit rate). libopus takes 8/12/16/24/48 kHz only: 32 kHz audio is resampled to 48 kHz
+# (every Opus decoder outputs 48 kHz anyway). Bit rates are generous for mono speech.
+_AV_FORMATS = {
+    "mp3": ("mp3", "libmp3lame", None, 96000),
+    "opus": ("ogg", "libopus", (8000, 12000, 16000, 24000, 48000), 48000),
+    "aac": ("adts", "aac", None, 96000),
 }
 
 
@@ -130,12 +143,15 @@ def media_type(fmt):
 
 
 def encode(audio, sample_rate, fmt="wav"):
-    """Encode float32 mono audio to bytes: wav / flac / mp3 (16-bit) or raw pcm s16le."""
+    """Encode float32 mono audio to bytes: mp3 / opus / aac / flac / wav (16-bit) or raw pcm s16le."""
     if fmt not in FORMATS:
         raise InputError("unsupported audio format %r; allowed: %s" % (fmt, ", ".join(FORMATS)))
     audio = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
     if fmt == "pcm":
         return pcm16(audio)
+    if fmt in _AV_FORMATS:
+        enc = StreamEncoder(fmt, sample_rate, whole=True)
+        return enc.feed(audio) + enc.close()
     container, subtype, _ = FORMATS[fmt]
     buf = io.BytesIO()
     sf.write(buf, audio, int(sample_rate), format=container, subtype=subtype)
@@ -146,3 +162,70 @@ def pcm16(audio):
     """Raw little-endian signed 16-bit samples (what streamed pcm chunks carry)."""
     audio = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
     return (np.round(audio * 32767.0)).astype("<i2").tobytes()
+
+
+class _Sink:
+    """A write-only, non-seekable file for PyAV: the muxer then writes a plain stream
+    (no seeking back to patch headers), whose bytes can be sent as they come."""
+
+    def __init__(self):
+        self.parts = []
+
+    def write(self, data):
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def take(self):
+        out = b"".join(self.parts)
+        self.parts = []
+        return out
+
+
+class StreamEncoder:
+    """Encode float32 mono audio to mp3 / opus / aac piece by piece: ``feed(samples)``
+    returns the bytes ready so far, ``close()`` the rest. The concatenation is one valid
+    file. ``whole=True`` (``encode``): a seekable buffer, returned by close(), so the mp3
+    muxer can write its Xing/LAME header (exact length, gapless playback)."""
+
+    def __init__(self, fmt, sample_rate, *, whole=False):
+        if fmt not in _AV_FORMATS:
+            raise InputError("format %r cannot be encoded incrementally; allowed: %s" % (fmt, ", ".join(_AV_FORMATS)))
+        import av  # imported here: only answers in these formats pay for FFmpeg's libraries
+
+        self._av = av
+        container, codec, rates, bit_rate = _AV_FORMATS[fmt]
+        self.sample_rate = int(sample_rate)
+        rate = self.sample_rate if rates is None or self.sample_rate in rates else 48000
+        self._whole = whole
+        self._sink = io.BytesIO() if whole else _Sink()
+        self._out = av.open(self._sink, mode="w", format=container)
+        self._stream = self._out.add_stream(codec, rate=rate, layout="mono")
+        self._stream.bit_rate = bit_rate
+        self._resampler = av.AudioResampler(format=self._stream.codec_context.format.name, layout="mono", rate=rate)
+        self._pts = 0
+        self._closed = False
+
+    def _encode(self, frames):
+        for frame in frames:
+            for packet in self._stream.encode(frame):
+                self._out.mux(packet)
+
+    def feed(self, audio):
+        audio = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0).reshape(1, -1)
+        if audio.size:
+            frame = self._av.AudioFrame.from_ndarray(np.ascontiguousarray(audio), format="flt", layout="mono")
+            frame.sample_rate = self.sample_rate
+            frame.pts = self._pts
+            self._pts += audio.shape[1]
+            self._encode(self._resampler.resample(frame))
+        return b"" if self._whole else self._sink.take()
+
+    def close(self):
+        if not self._closed:
+            self._closed = True
+            self._encode(self._resampler.resample(None))
+            self._encode([None])  # flush the encoder
+            self._out.close()  # the container's trailer (the last Ogg page, the Xing header)
+            if self._whole:
+                return self._sink.getvalue()
+        return b"" if self._whole else self._sink.take()

@@ -8,6 +8,7 @@ import time
 
 from . import audio as audio_mod
 from . import config, fsutil
+from . import request as reqdecl
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,14 @@ def _number(raw, kind, name, allowed):
         return kind(raw)
     except (TypeError, ValueError):
         raise InputError("--%s %r is not a number; allowed: %s" % (name, raw, allowed)) from None
+
+
+def _checked(name, value):
+    """The API's check of one field (glmtts/request.py), its message naming the option."""
+    try:
+        return reqdecl.check(name, value)
+    except reqdecl.FieldError as e:
+        raise InputError(reqdecl.option_message(e, "--" + name.replace("_", "-"))) from None
 
 
 def _read_text(args):
@@ -128,14 +137,12 @@ def run(args):
     if not args.output:
         raise InputError("no output file: give -o out.wav")
     text = _read_text(args)
-    sample_rate = settings.engine.sample_rate if args.sample_rate is None else \
-        _number(args.sample_rate, int, "sample-rate", "24000 | 32000")
-    if sample_rate not in (24000, 32000):
-        raise InputError("--sample-rate %s is not supported; allowed: 24000 | 32000" % sample_rate)
-    seed = settings.engine.seed if args.seed is None else _number(args.seed, int, "seed", "an integer 0..4294967295")
-    speed = _number(args.speed, float, "speed", "0.25..4.0")
-    if not 0.25 <= speed <= 4.0:
-        raise InputError("--speed %s is out of range; allowed: 0.25..4.0" % args.speed)
+    # ranges, defaults and messages: the request declaration the API validates with (glmtts/request.py)
+    sample_rate = _checked("sample_rate", settings.engine.sample_rate if args.sample_rate is None else
+                           _number(args.sample_rate, int, "sample-rate", "24000 | 32000"))
+    seed = _checked("seed", settings.engine.seed if args.seed is None else
+                    _number(args.seed, int, "seed", "an integer %d..%d" % reqdecl.SEED_RANGE))
+    speed = _checked("speed", _number(args.speed, float, "speed", "%s..%s" % reqdecl.SPEED_RANGE))
     fmt = output_format(args.output, args.format)
     prompt_audio, prompt_rate = _read_prompt(args, settings)
 

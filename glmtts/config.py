@@ -112,6 +112,22 @@ def ip_networks(value):
     return value
 
 
+def voice_aliases(value):
+    """["alloy=voice_abc123", "nova=default"]: each NAME=VOICE once (names compared
+    case-insensitively); VOICE is a saved voice's id or name, or "default"."""
+    seen = set()
+    for entry in value:
+        name, sep, target = entry.partition("=")
+        name, target = name.strip(), target.strip()
+        if not sep or not name or not target:
+            raise ValueError("%r is not NAME=VOICE; allowed: e.g. \"alloy=voice_0123456789ab\" or \"nova=default\""
+                             % entry)
+        if name.casefold() in seen:
+            raise ValueError("alias %r is given twice; give each name once" % name)
+        seen.add(name.casefold())
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     section: str
@@ -155,6 +171,8 @@ SETTINGS = [
     S("engine", "g2p_dict", str, "", "Phoneme replacement dictionary (G2P_replace_dict.jsonl format); \"\" = the packaged one.", absolute_path_or_empty),
     S("engine", "max_chunk_chars", int, 80, "Long text is split at sentence punctuation into chunks of at most this many characters.", in_range(10, 1000)),
     S("engine", "warmup_text", str, "你好。", "Short text synthesized once at start-up, before the service reports ready."),
+    # [voices]
+    S("voices", "aliases", list, [], "Voice names for OpenAI clients, each \"NAME=VOICE\" (e.g. \"alloy=voice_0123456789ab\", \"nova=default\"): {\"voice\": NAME} means that saved voice (id or name) or the default voice. OpenAI's built-in names not listed here are refused with the list of voices (GET /v1/audio/voices).", voice_aliases),
     # [limits]
     S("limits", "rate_limit_per_minute", int, 10, "Requests per minute per client when unauthenticated; 0 = off.", in_range(0)),
     S("limits", "max_concurrency", int, 1, "Syntheses at once (per GPU).", in_range(1, 64)),

@@ -1,6 +1,8 @@
 """HTTP face of glmtts.errors: every failure leaves as OpenAI's error shape
-``{"error": {"message", "type", "code"}}`` with an honest status code, including
-FastAPI's validation errors and unknown routes."""
+``{"error": {"message", "type", "code", "param"}}`` with an honest status code, including
+FastAPI's validation errors and unknown routes. ``param`` is the request field at fault
+(null when no one field is), as OpenAI's errors carry it. Every 503 and 429 carries
+Retry-After, whoever produced it (RetryAfterMiddleware adds it to those that lack one)."""
 
 import logging
 
@@ -9,7 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from glmtts.errors import GlmttsError, InputError
+from glmtts.errors import GlmttsError
+from glmtts.request import FieldTypeError
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +35,17 @@ class QueueFullError(RateLimitError):
     code = "queue_full"
 
 
+# Seconds a client is told to wait on a 503/429 that names no better figure: about one
+# short synthesis, so a retrying client neither hammers a loading service nor waits long.
+DEFAULT_RETRY_AFTER_S = 5
+
+
 class NotReadyError(GlmttsError):
     """The engine is loading, or the service failed and waits for a restart."""
 
     code = "not_ready"
     http_status = 503
+    retry_after = DEFAULT_RETRY_AFTER_S
 
 
 class SynthesisTimeout(GlmttsError):
@@ -44,11 +53,11 @@ class SynthesisTimeout(GlmttsError):
     http_status = 504
 
 
-class ValidationFailed(InputError):
+class ValidationFailed(FieldTypeError):
     """A field has the wrong type or shape (422, like FastAPI's own validation)."""
 
-    code = "invalid_type"
-    http_status = 422
+    def __init__(self, message, *, param=None, code=None):
+        super().__init__(message, param=param, code=code)
 
 
 def error_type(status):
@@ -61,8 +70,8 @@ def error_type(status):
     return "invalid_request_error"
 
 
-def error_body(status, message, code):
-    return {"error": {"message": message, "type": error_type(status), "code": code}}
+def error_body(status, message, code, param=None):
+    return {"error": {"message": message, "type": error_type(status), "code": code, "param": param}}
 
 
 def error_response(exc):
@@ -70,10 +79,13 @@ def error_response(exc):
     status = getattr(exc, "http_status", 500)
     headers = {}
     if getattr(exc, "retry_after", None):
-        headers["Retry-After"] = str(exc.retry_after)
+        headers["Retry-After"] = str(max(1, int(exc.retry_after)))
+    elif status in (429, 503):
+        headers["Retry-After"] = str(DEFAULT_RETRY_AFTER_S)
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse(error_body(status, str(exc), exc.code), status_code=status, headers=headers)
+    return JSONResponse(error_body(status, str(exc), exc.code, getattr(exc, "param", None)), status_code=status,
+                        headers=headers)
 
 
 def _validation_message(exc):
@@ -82,6 +94,35 @@ def _validation_message(exc):
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
         parts.append("%s: %s" % (where, err.get("msg", "invalid")))
     return "; ".join(parts) or "invalid request"
+
+
+def _validation_param(exc):
+    for err in exc.errors()[:1]:
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        return ".".join(loc) or None
+    return None
+
+
+class RetryAfterMiddleware:
+    """ASGI: a 503 or 429 without Retry-After (health routes' JSON, a handler's own
+    response) gets DEFAULT_RETRY_AFTER_S, so every one tells a client when to come back."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_retry_after(message):
+            if message["type"] == "http.response.start" and message["status"] in (429, 503):
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"retry-after" for k, _ in headers):
+                    headers.append((b"retry-after", str(DEFAULT_RETRY_AFTER_S).encode()))
+                    message = dict(message, headers=headers)
+            await send(message)
+
+        return await self.app(scope, receive, send_with_retry_after)
 
 
 def install(app: FastAPI):
@@ -93,7 +134,8 @@ def install(app: FastAPI):
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        return JSONResponse(error_body(422, _validation_message(exc), "invalid_request"), status_code=422)
+        return JSONResponse(error_body(422, _validation_message(exc), "invalid_request", _validation_param(exc)),
+                            status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
@@ -106,6 +148,8 @@ def install(app: FastAPI):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(exc.status_code, message, code), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
+
+    app.add_middleware(RetryAfterMiddleware)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
