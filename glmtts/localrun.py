@@ -326,7 +326,7 @@ def wait_ready(rundir, sample, host, timeout=300.0, poll=0.5, out=sys.stdout):
 
 
 def speak(url, path):
-    req = urllib.request.Request(url + "/v1/audio/speech", data=json.dumps({"input": SAMPLE_TEXT}).encode(),
+    req = urllib.request.Request(url + "/v1/audio/speech", data=json.dumps({"input": SAMPLE_TEXT, "response_format": "wav"}).encode(),
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as r:
         data = r.read()
