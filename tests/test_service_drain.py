@@ -221,7 +221,7 @@ def test_the_watchdog_reads_a_drain_as_a_planned_stop_not_an_incident(tmp_path):
     from glmtts.watchdog.cycle import Watchdog
     from glmtts.watchdog.incidents import IncidentLog, incidents_path
     from glmtts.watchdog.runbook import default_dir, load_all
-    from tests.test_watchdog_fakes import ClockedHost, FakeClock, FakeManager, settings_for
+    from tests.support.watchdog_fakes import ClockedHost, FakeClock, FakeManager, settings_for
 
     svc = slow_service(tmp_path, slow_s=1.0, delay_s=DELAY_S, timeout_s=60)
     svc.start()

@@ -162,7 +162,7 @@ def test_planned_restart_in_progress_and_a_stopped_unit_are_not_acted_on():
 # -- whole cycles -----------------------------------------------------------------------------
 
 def cycle_rig(tmp_path, srv, lines):
-    from tests.test_watchdog_fakes import ClockedHost, FakeClock, FakeManager, settings_for
+    from tests.support.watchdog_fakes import ClockedHost, FakeClock, FakeManager, settings_for
     from glmtts.watchdog.cycle import Watchdog
     mgr = FakeManager(pid=100)
     mgr.account_as = "supervisor"
@@ -178,7 +178,7 @@ def journal(wd):
 
 
 def test_cycle_records_a_planned_restart_without_an_incident(tmp_path):
-    from tests.test_watchdog_fakes import HealthServer
+    from tests.support.watchdog_fakes import HealthServer
     with HealthServer(200) as srv:
         wd, mgr = cycle_rig(tmp_path, srv, SUPERVISOR_RESTART)
         rep = wd.check()
@@ -190,7 +190,7 @@ def test_cycle_records_a_planned_restart_without_an_incident(tmp_path):
 
 
 def test_cycle_treats_a_kill_as_an_incident(tmp_path):
-    from tests.test_watchdog_fakes import HealthServer
+    from tests.support.watchdog_fakes import HealthServer
     with HealthServer(200) as srv:
         wd, mgr = cycle_rig(tmp_path, srv, SUPERVISOR_KILL)
         rep = wd.check()
@@ -200,7 +200,7 @@ def test_cycle_treats_a_kill_as_an_incident(tmp_path):
 
 
 def test_cycle_waits_for_a_planned_restart_that_is_still_starting(tmp_path):
-    from tests.test_watchdog_fakes import HealthServer
+    from tests.support.watchdog_fakes import HealthServer
     with HealthServer(200) as srv:
         wd, mgr = cycle_rig(tmp_path, srv, SUPERVISOR_RESTART[:3])
         srv.status_code = 503
@@ -217,7 +217,7 @@ def test_a_clean_planned_stop_without_an_exit_line_ends_its_run():
 
 
 def test_cycle_heals_a_fault_burst_then_backs_off_before_the_next(tmp_path):
-    from tests.test_watchdog_fakes import AlertReceiver, ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
+    from tests.support.watchdog_fakes import AlertReceiver, ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
     from glmtts.watchdog.cycle import Watchdog
     with HealthServer(200) as srv, AlertReceiver() as rx:
         clock = FakeClock(2e9)

@@ -12,7 +12,7 @@ from glmtts.watchdog.actions import ACTIONS, Context
 from glmtts.watchdog.host import Host
 from glmtts.watchdog.incidents import Incident
 from glmtts.watchdog.instances import Instance
-from tests.test_watchdog_fakes import FakeManager, settings_for
+from tests.support.watchdog_fakes import FakeManager, settings_for
 
 LISTENER = """
 import signal, socket, sys, time

@@ -8,7 +8,7 @@ from glmtts.watchdog.alerts import Alerter
 from glmtts.watchdog.cycle import Watchdog
 from glmtts.watchdog.incidents import IncidentLog
 from glmtts.watchdog.runbook import default_dir, load_all
-from tests.test_watchdog_fakes import AlertReceiver, ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
+from tests.support.watchdog_fakes import AlertReceiver, ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
 
 
 def free_port():

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from tests.test_watchdog_fakes import HealthServer
+from tests.support.watchdog_fakes import HealthServer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

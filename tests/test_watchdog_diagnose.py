@@ -9,7 +9,7 @@ from glmtts.watchdog import diagnose
 from glmtts.watchdog.cycle import Watchdog
 from glmtts.watchdog.incidents import IncidentLog, incidents_path
 from glmtts.watchdog.runbook import default_dir, load_all
-from tests.test_watchdog_fakes import ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
+from tests.support.watchdog_fakes import ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
 
 RUNBOOKS = load_all(default_dir())
 

@@ -17,7 +17,7 @@ from glmtts.watchdog.host import Completed, ReadOnlyHost, mutates
 from glmtts.watchdog.incidents import IncidentLog
 from glmtts.watchdog.runbook import default_dir, load_all
 from tests.support.service import REPO
-from tests.test_watchdog_fakes import AlertReceiver, ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
+from tests.support.watchdog_fakes import AlertReceiver, ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
 
 RUNBOOKS = load_all(default_dir())
 SEGFAULT = "Fatal Python error: Segmentation fault\n"

@@ -12,7 +12,7 @@ from glmtts.watchdog.host import GpuInfo
 from glmtts.watchdog.incidents import Incident
 from glmtts.watchdog.instances import Instance
 from glmtts.watchdog.runbook import default_dir, load_all
-from tests.test_watchdog_fakes import ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
+from tests.support.watchdog_fakes import ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
 
 RUNBOOKS = load_all(default_dir())
 

@@ -17,7 +17,7 @@ from glmtts.watchdog.instances import configured
 from glmtts.watchdog.managers import RUNNING, STARTING, SystemdManager
 from glmtts.watchdog.runbook import default_dir, load_all
 from glmtts.watchdog.states import IncidentState
-from tests.test_watchdog_fakes import ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
+from tests.support.watchdog_fakes import ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
 
 RUNBOOKS = load_all(default_dir())
 

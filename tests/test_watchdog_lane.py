@@ -16,7 +16,7 @@ from glmtts.watchdog.host import Host
 from glmtts.watchdog.incidents import Incident
 from glmtts.watchdog.instances import Instance
 from tests.support.service import FAULT_ENGINE, ServiceProcess
-from tests.test_watchdog_fakes import FakeManager
+from tests.support.watchdog_fakes import FakeManager
 
 WRONG = "not-the-token-" + "x" * 40
 
@@ -125,7 +125,7 @@ def test_the_watchdog_lane_holds_for_a_whole_cycle_under_supervisord(tmp_path):
 
     from glmtts.watchdog.cycle import EXIT_OK
     from glmtts.watchdog.incidents import IncidentLog
-    from tests.test_watchdog_fakes import AlertReceiver
+    from tests.support.watchdog_fakes import AlertReceiver
     from tests.test_watchdog_supervisord import Rig, main_pid
 
     cfg = tmp_path / "glmtts.toml"

@@ -12,7 +12,7 @@ from glmtts.watchdog.incidents import IncidentLog
 from glmtts.watchdog.lock import CycleLock
 from glmtts.watchdog.runbook import default_dir, load_all
 from glmtts.watchdog.states import InvalidTransition, IncidentState, incident_transition
-from tests.test_watchdog_fakes import FakeClock, FakeManager, HealthServer, ClockedHost, settings_for
+from tests.support.watchdog_fakes import FakeClock, FakeManager, HealthServer, ClockedHost, settings_for
 
 RUNBOOKS = load_all(default_dir())
 

@@ -20,7 +20,7 @@ from glmtts.watchdog.host import Host
 from glmtts.watchdog.incidents import IncidentLog
 from glmtts.watchdog.managers import SupervisorManager
 from tests.support.service import FAULT_ENGINE, REPO, free_port
-from tests.test_watchdog_fakes import AlertReceiver, settings_for
+from tests.support.watchdog_fakes import AlertReceiver, settings_for
 
 pytestmark = pytest.mark.integration
 
