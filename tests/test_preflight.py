@@ -215,7 +215,8 @@ def test_child_prints_one_marked_line_on_stdout(tmp_path, capfd):
 
 
 def test_engines_check_without_systemd_runs_in_process_and_says_so(tmp_path, capsys):
-    from glmtts import cli, cmd_engines
+    from glmtts import cli
+    from glmtts.cli import engines as cmd_engines
 
     assert cmd_engines.why_no_sandbox("glmtts.service", booted=str(tmp_path / "absent")) == "systemd is not PID 1 here"
     rc = cli.main(["--config", _config(tmp_path, "espeak"), "engines", "check", "--in-process"])
@@ -227,7 +228,8 @@ def test_engines_check_without_systemd_runs_in_process_and_says_so(tmp_path, cap
 
 
 def test_engines_check_with_the_unit_installed_uses_its_sandbox(tmp_path, monkeypatch, capsys):
-    from glmtts import cli, cmd_engines
+    from glmtts import cli
+    from glmtts.cli import engines as cmd_engines
 
     class Host(Tree):
         def run_preflight(self, cmd, timeout):

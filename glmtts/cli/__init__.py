@@ -1,6 +1,7 @@
-"""`glmtts` command line: a small dispatcher. Each subcommand lives in its own module
-exposing ``add_parser(subparsers)`` and ``run(args) -> exit code``; modules are imported
-lazily so `glmtts --help` and `glmtts config show` never import torch.
+"""`glmtts` command line: a small dispatcher. Each subcommand lives in its own module of
+this package (config, engines, synth, serve; batch in glmtts/batch/cmd.py) exposing
+``add_parser(subparsers)`` and ``run(args) -> exit code``; a module imports what its work
+needs inside ``run``, so `glmtts --help` and `glmtts config show` never import torch.
 
 User errors (GlmttsError) print one line on stderr and exit with the error's exit code.
 """
@@ -9,15 +10,16 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
-from .errors import EXIT_FAILURE, GlmttsError
+from .. import __version__
+from ..errors import EXIT_FAILURE, GlmttsError
+from .globals import anywhere
 
 # subcommand -> module that implements it (explicit table, no folder scanning)
 COMMANDS = {
-    "config": "glmtts.cmd_config",
-    "engines": "glmtts.cmd_engines",
-    "synth": "glmtts.cmd_synth",
-    "serve": "glmtts.cmd_serve",
+    "config": "glmtts.cli.config",
+    "engines": "glmtts.cli.engines",
+    "synth": "glmtts.cli.synth",
+    "serve": "glmtts.cli.serve",
     "batch": "glmtts.batch.cmd",
 }
 
@@ -30,15 +32,9 @@ def build_parser():
     parser.add_argument("--version", action="version", version="glmtts %s" % __version__)
     parser.add_argument("--config", metavar="PATH", help="config file (default: $GLMTTS_CONFIG, else /etc/glmtts/glmtts.toml, else ./run/glmtts.toml)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name == module_name:
-                continue  # not built yet
-            raise
-        module.add_parser(sub)
-    return parser
+    for module_name in COMMANDS.values():
+        importlib.import_module(module_name).add_parser(sub)
+    return anywhere(parser, "config")
 
 
 def main(argv=None):

@@ -2,7 +2,7 @@
 
 import sys
 
-from . import config
+from .. import config
 
 
 def add_parser(sub):

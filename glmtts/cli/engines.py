@@ -4,9 +4,9 @@
 import os
 import shutil
 
-from . import config
-from .engines import BUILTIN
-from .errors import GlmttsError
+from .. import config
+from ..engines import BUILTIN
+from ..errors import GlmttsError
 
 DESCRIPTIONS = {
     "espeak": "embedded default: espeak-ng from a PyPI wheel, Mandarin + English, CPU, no download; "
@@ -50,7 +50,7 @@ def run(args):
 
 def why_no_sandbox(unit, booted=SYSTEMD_BOOTED):
     """None when the unit's sandbox can be used here, else why not (said in the result line)."""
-    from . import preflight
+    from .. import preflight
 
     if not os.path.isdir(booted):
         return "systemd is not PID 1 here"
@@ -63,7 +63,7 @@ def why_no_sandbox(unit, booted=SYSTEMD_BOOTED):
 
 
 def run_check(args, host=None):
-    from . import install, preflight
+    from .. import install, preflight
 
     reason = "--in-process" if args.in_process else why_no_sandbox(args.unit)
     if reason:

@@ -6,10 +6,10 @@ import os
 import sys
 import time
 
-from . import audio as audio_mod
-from . import config, fsutil
-from . import request as reqdecl
-from .errors import InputError
+from .. import audio as audio_mod
+from .. import config, fsutil
+from .. import request as reqdecl
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def write_atomic(path, data):
 
 
 def run(args):
-    from .engines import SynthesisRequest, create
+    from ..engines import SynthesisRequest, create
 
     _check_prompt_args(args)
     settings = config.load(args.config)

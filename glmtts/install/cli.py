@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 
+from ..cli.globals import anywhere
 from ..errors import EXIT_FAILURE, GlmttsError
 from .host import Host
 from .layout import OpsError, default_deploy_dir
@@ -40,10 +41,10 @@ def build_parser():
                         "(e.g. weights not downloaded yet; run `glmtts engines check` later)")
     u = sub.add_parser("uninstall", help="stop and remove units and the logrotate file (keeps config, data, logs)")
     u.add_argument("--purge", action="store_true", help="also remove /etc/glmtts, /var/lib/glmtts, /var/log/glmtts and the user")
-    for s in (i, u):
-        s.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
-        s.add_argument("--root", default="/", metavar="DIR", help="operate on a directory tree instead of / (tests, images)")
-    return p
+    # before or after the verb: `glmtts-system --dry-run install` = `glmtts-system install --dry-run`
+    p.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
+    p.add_argument("--root", default="/", metavar="DIR", help="operate on a directory tree instead of / (tests, images)")
+    return anywhere(p, "dry_run", "root")
 
 
 def main(argv=None, host=None, out=sys.stdout):

@@ -9,6 +9,7 @@ import sys
 import threading
 
 from .. import config
+from ..cli.globals import anywhere
 from ..errors import GlmttsError
 from .states import GuardState
 
@@ -55,7 +56,7 @@ def build_parser():
     inc.add_argument("--json", action="store_true", help="one JSON object per line")
     res = sub.add_parser("resume", parents=[verb], help="re-arm automation after an escalation")
     res.add_argument("--unit", help="only this instance (default: all)")
-    return p
+    return anywhere(p, "config", "verbose")
 
 
 def _watchdog(args, dry_run=False, **kw):

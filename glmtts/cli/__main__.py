@@ -1,0 +1,7 @@
+"""`python -m glmtts.cli`: the glmtts console script."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
