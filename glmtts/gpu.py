@@ -28,8 +28,9 @@ class NvmlUnavailable(Exception):
 
 
 class Nvml:
-    """The thin seam over pynvml: only the calls glmtts uses, in plain Python types.
-    A fake for tests implements the same five methods."""
+    """The one seam over pynvml (the service's GPU figures and the watchdog's GPU checks
+    both use it): only the calls glmtts uses, in plain Python types. A fake for tests
+    implements the same methods."""
 
     def __init__(self):
         self._pynvml = None
@@ -64,6 +65,12 @@ class Nvml:
 
     def device_name(self, index):
         return self._call(lambda lib: _text(lib.nvmlDeviceGetName(lib.nvmlDeviceGetHandleByIndex(index))))
+
+    def uuid(self, index):
+        return self._call(lambda lib: _text(lib.nvmlDeviceGetUUID(lib.nvmlDeviceGetHandleByIndex(index))))
+
+    def pci_bus(self, index):
+        return self._call(lambda lib: _text(lib.nvmlDeviceGetPciInfo(lib.nvmlDeviceGetHandleByIndex(index)).busId))
 
     def memory_info(self, index):
         """(total_bytes, free_bytes, used_bytes)."""

@@ -2,6 +2,7 @@
 and a FAKE NVML (the Host's gpus() seam): this machine has no GPU. On a GPU host the
 same code runs the real nvidia-smi and pynvml."""
 
+import os
 import stat
 
 import pytest
@@ -12,6 +13,7 @@ from glmtts.watchdog.host import GpuInfo
 from glmtts.watchdog.incidents import Incident
 from glmtts.watchdog.instances import Instance
 from glmtts.watchdog.runbook import default_dir, load_all
+from tests.support.service import REPO
 from tests.support.watchdog_fakes import ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
 
 RUNBOOKS = load_all(default_dir())
@@ -86,3 +88,31 @@ def test_xid_13_with_fake_nvml_restarts_the_app_only(tmp_path):
     inc, mgr_calls, smi_calls = run_gpu_xid(tmp_path, 13)
     assert inc.state == "recovered"
     assert [c[0] for c in mgr_calls] == ["restart"] and smi_calls == []
+
+
+def test_the_watchdog_and_the_service_read_one_nvml_seam_and_agree(tmp_path, monkeypatch):
+    """FAKE NVML (tests/support/fake_nvml; this machine has no GPU) in place of pynvml: the
+    watchdog's GPU check and the service's GPU figures come from the same glmtts.gpu.Nvml,
+    so NVML's "not available" sentinel for a process's memory is unknown in both, never
+    16 EiB in one of them."""
+    import importlib.util
+    import json
+    import sys
+
+    from glmtts import gpu
+    from glmtts.watchdog.host import Host
+    spec = importlib.util.spec_from_file_location("pynvml", os.path.join(REPO, "tests", "support", "fake_nvml", "pynvml.py"))
+    fake = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fake)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    devices = tmp_path / "nvml.json"
+    devices.write_text(json.dumps({"devices": [{"total": 80 * 2**30, "free": 60 * 2**30,
+                                                "procs": [[4242, 2**30], [4243, "not available"]]}]}))
+    monkeypatch.setenv(fake.FILE_ENV, str(devices))
+    [g] = Host().gpus()
+    assert (g.name, g.uuid, g.pci_bus) == (fake.NAME, "GPU-fake-0", "00000000:3B:00.0")
+    assert g.memory_total_mb == 80 * 1024 and g.memory_used_mb == 20 * 1024
+    assert {p["pid"]: p["used_mb"] for p in g.processes} == {4242: 1024.0, 4243: 0.0}
+    service_view = gpu.nvml_status(gpu.Nvml())
+    procs = {p["pid"]: p for d in service_view["devices"] for p in d["processes"]}
+    assert procs[4242]["used_mb"] == 1024.0 and procs[4243]["used_mb"] is None

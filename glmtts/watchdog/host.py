@@ -56,7 +56,7 @@ class Host:
         self.clock = clock or Clock()
         self.nvidia_smi = nvidia_smi
         self.cgroup_root = cgroup_root
-        self._nvml = nvml  # a pynvml-like module; None = import pynvml lazily
+        self._nvml = nvml  # a glmtts.gpu.Nvml-like seam; None = the real one, made lazily
 
     # -- subprocesses and signals -----------------------------------------------------
     def run(self, argv, timeout=60.0):
@@ -145,44 +145,34 @@ class Host:
         return u.free, u.total
 
     def nvml(self):
+        """The NVML seam (glmtts.gpu.Nvml, shared with the service), or None without one."""
         if self._nvml is None:
+            from ..gpu import Nvml, NvmlUnavailable
+            nv = Nvml()
             try:
-                import pynvml
-                pynvml.nvmlInit()
-                self._nvml = pynvml
-            except Exception as e:  # no driver, no GPU: both normal on CPU hosts
+                nv.device_count()
+                self._nvml = nv
+            except NvmlUnavailable as e:  # no driver, no GPU: both normal on CPU hosts
                 log.debug("NVML unavailable: %s", e)
                 self._nvml = False
         return self._nvml or None
 
     def gpus(self):
-        """GpuInfo per device, [] when there is no NVML (no GPU, no driver)."""
+        """GpuInfo per device, [] when there is no NVML (no GPU, no driver). Per-process
+        memory NVML cannot report (its "not available" sentinel) is 0 here, never 16 EiB."""
+        from ..gpu import NvmlUnavailable
         nv = self.nvml()
         if not nv:
             return []
         out = []
         try:
-            for i in range(nv.nvmlDeviceGetCount()):
-                h = nv.nvmlDeviceGetHandleByIndex(i)
-                mem = nv.nvmlDeviceGetMemoryInfo(h)
-                procs = []
-                for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
-                    try:
-                        for p in getattr(nv, getter)(h):
-                            procs.append({"pid": p.pid, "used_mb": (p.usedGpuMemory or 0) / 2**20})
-                    except Exception:
-                        pass
-                name = nv.nvmlDeviceGetName(h)
-                uuid = nv.nvmlDeviceGetUUID(h)
-                pci = nv.nvmlDeviceGetPciInfo(h).busId
-                out.append(GpuInfo(i, _s(name), _s(uuid), _s(pci), mem.used / 2**20, mem.total / 2**20, procs))
-        except Exception as e:
+            for i in range(nv.device_count()):
+                total, free, used = nv.memory_info(i)
+                procs = [{"pid": pid, "used_mb": (b or 0) / 2**20} for pid, b in nv.processes(i)]
+                out.append(GpuInfo(i, nv.device_name(i), nv.uuid(i), nv.pci_bus(i), used / 2**20, total / 2**20, procs))
+        except NvmlUnavailable as e:
             log.warning("NVML query failed: %s", e)
         return out
-
-
-def _s(v):
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 # Verbs that change a unit or program; everything else the watchdog runs (systemctl

@@ -4,10 +4,14 @@ directory first on a service subprocess's PYTHONPATH; the device it reports is r
 the JSON file named by $GLMTTS_TEST_FAKE_NVML_FILE at every call, so a running service
 can be given low GPU memory later:
 
-    {"devices": [{"total": 85899345920, "free": 42949672960}]}   (bytes)
+    {"devices": [{"total": 85899345920, "free": 42949672960,
+                  "procs": [[4242, 1073741824], [4243, "not available"]]}]}   (bytes)
 
-Nothing in glmtts imports this; only tests/test_prometheus_alerting.py and
-bench/prometheus_alert.py put it on a path."""
+A process whose memory NVML cannot report (inside containers) carries NVML's sentinel,
+NVML_VALUE_NOT_AVAILABLE (2**64 - 1), as the real library answers.
+
+Nothing in glmtts imports this; tests put it on a path (a service's PYTHONPATH) or in
+sys.modules (tests/test_watchdog_gpu.py)."""
 
 import json
 import os
@@ -56,8 +60,20 @@ def nvmlDeviceGetMemoryInfo(handle):
     return SimpleNamespace(total=dev["total"], free=dev["free"], used=dev["total"] - dev["free"])
 
 
+NOT_AVAILABLE = 2**64 - 1
+
+
 def nvmlDeviceGetComputeRunningProcesses(handle):
-    return []
+    return [SimpleNamespace(pid=pid, usedGpuMemory=NOT_AVAILABLE if used == "not available" else used)
+            for pid, used in _devices()[handle].get("procs", [])]
+
+
+def nvmlDeviceGetUUID(handle):
+    return "GPU-fake-%d" % handle
+
+
+def nvmlDeviceGetPciInfo(handle):
+    return SimpleNamespace(busId="00000000:%02X:00.0" % (0x3B + handle))
 
 
 def nvmlDeviceGetGraphicsRunningProcesses(handle):
