@@ -1,7 +1,7 @@
 """The CLI agrees with the API, run as a user runs it (subprocesses): `glmtts synth -o`
 writes the format its extension names or refuses naming the formats; --prompt-audio needs
 --prompt-text (an argparse error naming both); `glmtts batch validate` of a missing file
-is one error line; and README's reference-audio table quotes, row by row, the message the
+is one error line; and docs/engines.md's reference-audio table quotes, row by row, the message the
 API, `glmtts synth` and the batch validator print for that condition."""
 
 import io
@@ -18,7 +18,7 @@ import soundfile as sf
 from glmtts import audio as audiolib
 from tests.support.service import REPO, ServiceProcess
 
-README = os.path.join(REPO, "README.md")
+README = os.path.join(REPO, "docs", "engines.md")
 TRANSCRIPT = "今天天气很好，我们一起去公园散步吧。"
 
 

@@ -1,7 +1,7 @@
 """The one declaration of a synthesis request (glmtts/request.py): defaults follow the
 settings, every refusal names its field (`param`) with the same words on every face,
 `glmtts synth` offers the options the declaration names and prints the API's message,
-and README's request table is the generated one."""
+and docs/service.md's request table is the generated one."""
 
 import os
 import subprocess
@@ -17,9 +17,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_readme_has_the_generated_request_table():
     """Regenerate with: python -c 'from glmtts import request; print(request.markdown_table())'"""
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+    with open(os.path.join(REPO, "docs", "service.md"), encoding="utf-8") as f:
         readme = f.read()
-    assert reqdecl.markdown_table() in readme, "README.md's request-field table is not the generated one"
+    assert reqdecl.markdown_table() in readme, "docs/service.md's request-field table is not the generated one"
 
 
 def test_defaults_are_the_settings_in_effect():
