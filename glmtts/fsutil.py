@@ -1,10 +1,15 @@
-"""Durable file writes shared by the batch store, the watchdog's state and the CLI.
+"""The durable writes, once: every part of glmtts (the batch store and journal, the
+watchdog's state and incident journal, the installer, the CLI, `make run`) writes a file
+through ``atomic_write`` and appends a record through ``append_line``/``append_jsonl``.
 
 Atomic means a reader (or a process restarted after kill -9) sees the old file or the
 new one, never a mix: temp file in the same directory, fsync, rename, fsync the directory.
+An append lands whole at the end or not at all: on failure (ENOSPC) the file is cut back
+to where it was, so a retried append never leaves half a line behind.
 """
 
 import errno
+import json
 import os
 
 # Errors that mean "the disk is full": callers wait for space instead of failing work.
@@ -23,15 +28,22 @@ def fsync_dir(path):
         os.close(fd)
 
 
-def atomic_write(path, data, *, sync=True, tmp=None, mode=0o644):
-    """Replace ``path`` with ``data`` (bytes). ``sync=False`` skips the fsyncs (still
-    atomic against a crash of this process, not against power loss)."""
+def atomic_write(path, data, *, sync=True, tmp=None, mode=0o644, owner=None):
+    """Replace ``path`` with ``data`` (bytes, or str as UTF-8). ``sync=False`` skips the
+    fsyncs (still atomic against a crash of this process, not against power loss).
+    ``owner`` (uid, gid) and ``mode`` are set on the temp file, so the file never
+    appears with other ones."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
     tmp = tmp or "%s.tmp-%d" % (path, os.getpid())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, mode)  # whatever the umask took away
         if sync:
             os.fsync(fd)
     except BaseException:
@@ -53,3 +65,32 @@ def unlink_quietly(path):
         os.unlink(path)
     except OSError:
         pass
+
+
+def append_line(fd, data, *, sync=True):
+    """Append ``data`` (one whole line, bytes) to ``fd`` (opened O_APPEND). On failure
+    the file is cut back to its size before, and the error raised."""
+    start = os.fstat(fd).st_size  # taken now: another process may have appended since
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if sync:
+            os.fsync(fd)
+    except OSError:
+        try:
+            os.ftruncate(fd, start)
+        except OSError:
+            pass
+        raise
+
+
+def append_jsonl(path, record, *, mode=0o640, sync=True):
+    """One JSON record as one line at the end of ``path`` (created with ``mode``)."""
+    line = (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+    try:
+        append_line(fd, line, sync=sync)
+    finally:
+        os.close(fd)

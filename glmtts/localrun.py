@@ -29,7 +29,7 @@ import time
 import urllib.error
 import urllib.request
 
-from . import config, watchdog_token
+from . import config, fsutil, watchdog_token
 from .errors import EXIT_PORT_IN_USE, ConfigError
 
 PROGRAM = "glmtts"
@@ -144,12 +144,7 @@ def migrate_generated(text, rundir):
 
 
 def write_atomic(path, text):
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fsutil.atomic_write(path, text)
 
 
 def prepare(rundir, port=None, out=sys.stdout):
@@ -330,10 +325,7 @@ def speak(url, path):
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as r:
         data = r.read()
-    write_bytes = path + ".tmp"
-    with open(write_bytes, "wb") as f:
-        f.write(data)
-    os.replace(write_bytes, path)
+    fsutil.atomic_write(path, data)
 
 
 def status(rundir, host, out=sys.stdout):

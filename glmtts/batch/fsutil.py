@@ -4,7 +4,7 @@ space. Errors are left as OSError so callers can tell ENOSPC from the rest."""
 
 import os
 
-from ..fsutil import NO_SPACE, unlink_quietly, atomic_write, fsync_dir, is_disk_full  # noqa: F401 (re-exported)
+from ..fsutil import NO_SPACE, append_line, atomic_write, fsync_dir, is_disk_full, unlink_quietly  # noqa: F401 (re-exported)
 
 
 class Disk:

@@ -40,7 +40,7 @@ import time
 
 from ..errors import DiskFullError, InputError, NotFoundError
 from . import states
-from .fsutil import Disk, atomic_write, fsync_dir, is_disk_full
+from .fsutil import Disk, append_line, atomic_write, fsync_dir, is_disk_full
 from .lease import Lease, describe
 from .schema import Task
 from .validate import duration, human_bytes
@@ -95,7 +95,6 @@ class Journal:
     def __init__(self, path):
         self.path = path
         self._fd = None
-        self._size = None
 
     def replay(self, repair=True):
         """All complete records. A torn last line is skipped, and with ``repair`` (only
@@ -128,22 +127,8 @@ class Journal:
         was, so a retried append never leaves half a line behind."""
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        # Where this append starts, taken now rather than remembered: after a take-over
-        # another process may have appended since this fd was opened.
-        self._size = os.fstat(self._fd).st_size
         line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-        try:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(self._fd, view):]
-            if sync:
-                os.fsync(self._fd)
-        except OSError:
-            try:
-                os.ftruncate(self._fd, self._size)
-            except OSError:
-                pass
-            raise
+        append_line(self._fd, line, sync=sync)  # cut back on failure: never half a line
 
     def close(self):
         if self._fd is not None:

@@ -7,9 +7,9 @@ import os
 import pwd
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
+from .. import fsutil
 from .layout import OpsError
 
 
@@ -114,19 +114,8 @@ class Host:
         """Atomic: temp file in the same directory, fsync, rename."""
         target = self.path(p)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".%s." % target.name)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chown(tmp, uid, gid)
-            os.chmod(tmp, mode)
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        fsutil.atomic_write(str(target), text, mode=mode, owner=(uid, gid),
+                            tmp=str(target.parent / (".%s.tmp-%d" % (target.name, os.getpid()))))
 
     def chown(self, p, mode, uid, gid):
         os.chown(self.path(p), uid, gid)

@@ -22,6 +22,7 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field, fields
 
+from .. import fsutil
 from . import signatures
 from .states import INCIDENT_TERMINAL, IncidentState, incident_transition
 
@@ -208,15 +209,7 @@ class IncidentLog:
     def append(self, incident):
         if self.read_only:
             return
-        data = (json.dumps(incident.to_dict() if hasattr(incident, "to_dict") else incident,
-                           ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
-            os.write(fd, data)  # one write: O_APPEND makes it land whole at the end
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsutil.append_jsonl(self.path, incident.to_dict() if hasattr(incident, "to_dict") else incident, mode=0o640)
 
     def records(self):
         """Every journal record, in order. Lines that do not parse (a disk that filled
