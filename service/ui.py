@@ -8,34 +8,19 @@ Gradio's login form guards it (any user name, an API key as password)."""
 import logging
 
 import gradio as gr
-import numpy as np
 
 from glmtts import text as textlib
 from glmtts.errors import GlmttsError
 
-from . import admin, batch_ui
-from .speech import build_request, parse_params, supported_rates
+from . import batch_ui, dashboard, ui_synth
 from .voices import create_voice
 
 log = logging.getLogger(__name__)
-
-UPLOAD = "(use the uploaded reference)"
-DEFAULT = "default"
-
-
-def _voice_choices(runtime):
-    return [DEFAULT, UPLOAD] + ["%s (%s)" % (m["name"], m["id"]) for m in runtime.voices.list()]
 
 
 def _voice_pairs(runtime):
     """The Voices tab's dropdown: (shown "name (id)", value id), oldest first."""
     return [("%s (%s)" % (m["name"], m["id"]), m["id"]) for m in runtime.voices.list()]
-
-
-def _voice_value(choice):
-    if choice and choice.endswith(")") and "(voice_" in choice:
-        return choice.rsplit("(", 1)[1][:-1]
-    return choice or DEFAULT
 
 
 def _error(e):
@@ -68,59 +53,6 @@ def length_hint(runtime, text):
         return ("%d characters, %d chunks: long text. Consider splitting it into several requests (or a batch) "
                 "so each result arrives sooner." % (len(text), chunks))
     return "%d characters, %d chunk(s)." % (len(text), chunks) if text else ""
-
-
-def synthesize_tab(runtime):
-    s = runtime.settings
-    rates = list(supported_rates(runtime.engine))
-    with gr.Row():
-        with gr.Column():
-            voice = gr.Dropdown(_voice_choices(runtime), value=DEFAULT, label="Voice", allow_custom_value=False)
-            ref = gr.Audio(sources=["upload"], type="filepath", label="Reference audio (zero-shot, %g-%g s)"
-                           % (s.limits.min_reference_s, s.limits.max_reference_s))
-            prompt_text = gr.Textbox(label="Prompt text (transcript of the reference)", lines=1)
-            text = gr.Textbox(label="Text to speak", lines=5, value="你好，欢迎使用语音合成服务。", elem_id="tts-text")
-            hint = gr.Markdown(length_hint(runtime, "你好，欢迎使用语音合成服务。"), elem_id="tts-hint")
-            with gr.Row():
-                rate = gr.Radio(rates, value=s.engine.sample_rate if s.engine.sample_rate in rates else rates[0],
-                                label="Sample rate")
-                seed = gr.Number(value=s.engine.seed, precision=0, label="Seed")
-            with gr.Row():
-                use_cache = gr.Checkbox(value=s.engine.use_cache, label="Prompt cache (earlier chunks as history)")
-                phoneme = gr.Checkbox(value=s.engine.phoneme, label="Phoneme (G2P dictionary)")
-            go = gr.Button("Synthesize", variant="primary", elem_id="tts-go")
-        with gr.Column():
-            out = gr.Audio(label="Result", type="numpy", interactive=False, buttons=["download"], elem_id="tts-out")
-            status = gr.Markdown(elem_id="tts-status")
-
-    def run(voice_choice, ref_path, ptext, txt, sr, sd, cache, phon, request: gr.Request):
-        try:
-            admit(runtime, request)
-            raw = {"input": txt or "", "voice": _voice_value(voice_choice), "sample_rate": int(sr),
-                   "seed": int(sd if sd is not None else s.engine.seed), "use_cache": bool(cache),
-                   "phoneme": bool(phon), "prompt_text": ptext or ""}
-            upload = None
-            if raw["voice"] == UPLOAD:
-                raw["voice"] = DEFAULT
-                if not ref_path:
-                    raise GlmttsError("upload a reference recording first, or pick a voice")
-                with open(ref_path, "rb") as f:
-                    upload = f.read()
-            p = parse_params(raw, s, tuple(rates))
-            req = build_request(runtime, p, upload)
-            result = runtime.worker.wait_sync(runtime.worker.synthesize(req))
-        except GlmttsError as e:
-            return None, _error(e)
-        pcm = (np.clip(result.audio, -1, 1) * 32767).astype(np.int16)
-        return (result.sample_rate, pcm), "Done: %.1f s of audio at %d Hz." % (result.duration_s, result.sample_rate)
-
-    text.change(lambda t: length_hint(runtime, t), inputs=text, outputs=hint)
-    # No Gradio concurrency limit of its own: the worker's queue (limits.max_concurrency,
-    # limits.max_queue) admits or refuses a UI synthesis exactly as it does an API one,
-    # instead of an unbounded Gradio queue in front of it.
-    go.click(run, inputs=[voice, ref, prompt_text, text, rate, seed, use_cache, phoneme], outputs=[out, status],
-             api_name="synthesize", concurrency_limit=None)
-    return voice
 
 
 def voices_tab(runtime):
@@ -187,27 +119,9 @@ def voices_tab(runtime):
     return listing
 
 
-def system_tab(runtime):
-    health = gr.JSON(label="Health (/healthz)")
-    with gr.Row():
-        refresh = gr.Button("Refresh")
-        clear = gr.Button("Clear GPU memory", variant="secondary")
-    cleared = gr.JSON(label="Clear GPU memory: before / after")
-
-    def do_clear():
-        try:
-            return admin.clear(runtime)
-        except Exception as e:  # the button must never break the page
-            log.warning("clear GPU memory from the UI failed: %s", e)
-            return {"error": str(e)}
-
-    refresh.click(runtime.health, outputs=health)
-    clear.click(do_clear, outputs=cleared)
-    return health
-
-
 # title -> builder(runtime); the batch UI adds ("Batch", batch_ui.build) here.
-TABS = [("Synthesize", synthesize_tab), ("Voices", voices_tab), ("System", system_tab)]
+# Synthesize: service/ui_synth.py; System (the operator's dashboard): service/dashboard.py.
+TABS = [("Synthesize", ui_synth.synthesize_tab), ("Voices", voices_tab), ("System", dashboard.system_tab)]
 TABS.insert(2, ("Batch", batch_ui.build))
 
 
@@ -219,10 +133,14 @@ def build(runtime):
         for title, builder in TABS:
             with gr.Tab(title):
                 built[title] = builder(runtime)
-        if "System" in built:
-            demo.load(runtime.health, outputs=built["System"])
         if "Synthesize" in built:
-            demo.load(lambda: gr.update(choices=_voice_choices(runtime)), outputs=built["Synthesize"])
+            refresh = lambda: ui_synth.refresh_choices(runtime)  # noqa: E731
+            demo.load(refresh, outputs=built["Synthesize"], api_visibility="private", show_progress="hidden")
+            if "Voices" in built:
+                # a save, rename or delete on the Voices tab changes its table: the Synthesize
+                # dropdown follows at once, without a page reload
+                built["Voices"].change(refresh, outputs=built["Synthesize"], api_visibility="private",
+                                       show_progress="hidden")
     return demo
 
 
@@ -238,4 +156,6 @@ def build_app(runtime):
     gr.mount_gradio_app(shell, demo, path="/", auth=auth, ssr_mode=False, show_error=True,
                         max_file_size="%dmb" % max(1, int(runtime.settings.limits.max_upload_mb)),
                         footer_links=["api"])
-    return shell, shell.routes[-1].app
+    app = shell.routes[-1].app
+    dashboard.add_routes(app, runtime)  # the runbook links of the System tab
+    return shell, app

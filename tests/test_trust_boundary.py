@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 
 SPEECH = "/v1/audio/speech"
 RATE = 3
-UI_INPUTS = ["default", None, "", "你好。", 24000, 42, True, False]
+UI_INPUTS = ["default", None, "", "你好。", 24000, 42, True, False, 1.0]  # voice, reference, transcript, text, rate, seed, cache, phoneme, speed
 
 
 def _env(trusted):
