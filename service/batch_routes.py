@@ -207,7 +207,8 @@ class BatchService:
             self._pending = progress.pending
             try:
                 Runner(job, WorkerSynthesizer(self.runtime.worker, self.stop, lambda: self._finish_by), self.settings,
-                       stop=self.stop, on_progress=self._progress, role="service:%d" % self.settings.server.port).run()
+                       stop=self.stop, on_progress=self._progress, role="service:%d" % self.settings.server.port,
+                       voices=getattr(self.runtime, "voices", None)).run()
             except JobBusy as e:  # another replica took it a moment before us
                 log.debug("batch %s: %s", job.id, e)
             except Exception as e:  # keep serving other jobs; this one stays resumable

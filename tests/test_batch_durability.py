@@ -53,7 +53,7 @@ def test_kill_9_at_three_random_points_then_resume_produces_every_output_exactly
     n = 200
     job = box.write_job("job.jsonl", [box.task(i) for i in range(n)])
     out = str(tmp_path / "out")
-    cmd = box.glmtts("batch", "run", job, "--out", out, "--quiet")
+    cmd = box.glmtts("batch", "run", job, "--local", "--out", out, "--quiet")
     rng = random.Random(os.getpid())
     points = sorted(rng.sample(range(10, n - 20), 3))
     print("kill -9 after %s finished tasks" % points)  # shown if the test fails
@@ -137,7 +137,7 @@ def test_enospc_on_a_real_tmpfs_pauses_the_job_then_completes_when_space_is_free
     env = box.env(OUT=out, ERRLOG=str(tmp_path / "runner.err"), FREE_FLAG=str(tmp_path / "free"),
                   LISTING=str(tmp_path / "listing"), COPY=str(copy))
     proc = subprocess.Popen(["unshare", "--mount", "sh", "-c", SCRIPT, "sh"] +
-                            box.glmtts("batch", "run", job, "--out", out, "--quiet"),
+                            box.glmtts("batch", "run", job, "--local", "--out", out, "--quiet"),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         def paused():

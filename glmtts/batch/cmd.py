@@ -18,9 +18,17 @@ EXIT_INTERRUPTED = 130
 
 HELP = """Batch synthesis from a JSONL file, one task per line:
   {"prompt_audio": "voices/anna.wav", "prompt_text": "...", "input_text": "...", "output_name": "ch01_001"}
-(the official GLM-TTS names prompt_speech / syn_text / uttid work too; optional: sample_rate, seed).
-prompt_audio is relative to paths.prompt_root. Jobs are durable: run the same command again
-after a crash or Ctrl-C and it resumes where it stopped, producing every output exactly once."""
+  {"voice": "voice_0123456789ab", "input_text": "...", "output_name": "ch01_002", "speed": 1.2}
+  {"input_text": "...", "output_name": "ch01_003", "response_format": "mp3"}
+The voice: prompt_audio (relative to paths.prompt_root) with its prompt_text, or "voice": a
+saved voice's id or name, or "default" (also what a line without either gets). The official
+GLM-TTS names prompt_speech / syn_text / uttid work too; optional: sample_rate, seed, speed
+(0.25..4.0), response_format (the output file's format and extension; default wav).
+
+`batch run` submits the file to the running service (watchdog.url) and follows it; only
+with --local does it load an engine in this process. Jobs are durable: a service job
+survives restarts of the service; a --local job resumes when the same command is run again
+after a crash or Ctrl-C, producing every output exactly once."""
 
 
 def add_parser(sub):
@@ -34,14 +42,24 @@ def add_parser(sub):
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.set_defaults(func=cmd_validate)
 
-    r = verbs.add_parser("run", help="run a batch file; run it again to resume after a crash or Ctrl-C",
-                         description="Validate FILE, then synthesize every task into DIR (<output_name>.wav). "
-                                     "An unfinished job for the same file and DIR is resumed, not restarted.")
+    r = verbs.add_parser("run", help="run a batch file on the running service (or in this process with --local)",
+                         description="Submit FILE to the running service (watchdog.url, authenticated with "
+                                     "watchdog.api_key or the first of server.api_keys), follow its progress and, "
+                                     "with --out, download the outputs into DIR. The service validates the file "
+                                     "first and runs nothing if it has errors. Ctrl-C stops following, not the job. "
+                                     "With --local: validate FILE, load the engine in this process and synthesize "
+                                     "into DIR; an unfinished --local job for the same file and DIR is resumed, not "
+                                     "restarted.")
     r.add_argument("file", help="JSONL batch file")
-    r.add_argument("--out", metavar="DIR", help="output directory (default: <paths.output_dir>/<job id>)")
+    r.add_argument("--out", metavar="DIR",
+                   help="output directory (default: <paths.output_dir>/<job id>, where the service writes them)")
+    r.add_argument("--local", action="store_true",
+                   help="load the engine in this process instead of submitting to the service (on a GPU server: "
+                        "a second copy of the model beside a running service may not fit in GPU memory)")
     r.add_argument("--skip-invalid", action="store_true",
                    help="run the valid lines; the invalid ones are listed in the job as skipped (default: refuse to start)")
-    r.add_argument("--new", action="store_true", help="start a new job even if this file already ran into DIR")
+    r.add_argument("--new", action="store_true",
+                   help="with --local: start a new job even if this file already ran into DIR")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 
@@ -112,6 +130,9 @@ def cmd_run(args):
     if not os.path.isfile(args.file):
         print("glmtts batch run: error: batch file %s does not exist" % args.file, file=sys.stderr)
         return EXIT_FAILURE
+    if not getattr(args, "local", False):
+        return _run_on_service(args, settings)
+    _warn_if_gpu()
     job = None if args.new else store.find_latest(file_sha256(args.file), args.out)
     if job is not None and job.status in states.FINISHED:
         print("job %s already ran this file into %s (%s); use --new to run it again" % (
@@ -145,6 +166,65 @@ def cmd_run(args):
     if stop.is_set() and summary["status"] not in states.FINISHED:
         print("stopped: job %s is resumable, run the same command again" % job.id, file=sys.stderr)
         return EXIT_INTERRUPTED
+    return _print_result(summary)
+
+
+def _warn_if_gpu():
+    """--local beside a service on the same GPU is two model copies: say so first."""
+    from .. import gpu
+    try:
+        status = gpu.nvml_status()
+    except Exception:  # a broken driver must not stop a CPU run; the engine says more
+        return
+    if status.get("available"):
+        names = ", ".join("%s (%d MB free)" % (d["name"], d["free_mb"]) for d in status["devices"])
+        print("warning: --local loads the engine in this process and NVML sees a GPU here (%s): if the glmtts "
+              "service runs on it, this is a second copy of the model and may not fit in GPU memory (CUDA out of "
+              "memory). Without --local the job runs in the service instead." % names, file=sys.stderr)
+
+
+def _run_on_service(args, settings):
+    """Submit to the running service and follow it (the default; see client.py)."""
+    from ..errors import GlmttsError
+    from .client import BatchClient
+    from . import states
+
+    client = BatchClient(settings)
+    if not client.answers():
+        print("glmtts batch run: error: no glmtts service answers at %s (watchdog.url; from server.host/port "
+              "unless set): start the service (`glmtts serve`, or `systemctl start glmtts`) and run this again, or "
+              "add --local to load the engine in this process instead (on a GPU server only while the service is "
+              "stopped)" % client.url, file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        job, report = client.submit(args.file, skip_invalid=args.skip_invalid)
+        if job is None:
+            print(report.format_text(), file=sys.stderr)
+            return EXIT_FAILURE
+        for w in job.get("warnings") or []:
+            print("line %s: warning: %s" % (w.get("line"), w.get("message")), file=sys.stderr)
+        if job.get("skipped_lines"):
+            print("skipping invalid line(s): %s" % ", ".join(map(str, job["skipped_lines"])), file=sys.stderr)
+        print("job %s: %d tasks submitted to the service at %s" % (job["id"], job["tasks"], client.url),
+              file=sys.stderr)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        bar = None if args.quiet else ProgressBar(sys.stderr)
+        summary = client.follow(job["id"], stop=stop, on_progress=bar.update if bar else None)
+        if bar:
+            bar.close()
+        if summary is None or summary["status"] not in states.FINISHED:
+            print("stopped following: job %s keeps running in the service; `glmtts batch status %s` shows it, "
+                  "`glmtts batch cancel %s` cancels it" % (job["id"], job["id"], job["id"]), file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if args.out:
+            names = client.download(job["id"], args.out)
+            print("downloaded %d file(s) into %s" % (len(names), args.out), file=sys.stderr)
+            summary = dict(summary, out_dir=os.path.abspath(args.out))
+    except GlmttsError as e:
+        print("glmtts batch run: error: %s" % e, file=sys.stderr)
+        return EXIT_FAILURE
     return _print_result(summary)
 
 

@@ -36,7 +36,8 @@ from . import states
 from .fsutil import Disk, is_disk_full, unlink_quietly
 from .lease import INSTANCE, Heartbeat, Lease, LeaseLost, describe
 from .speed import Speed
-from .validate import resolve_prompt
+from .schema import DEFAULT_VOICE
+from .validate import SavedVoices, resolve_prompt
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def is_cuda_fatal(exc):
 class Runner:
     def __init__(self, job, synthesizer, settings, *, disk=None, durable=True, stop=None, on_progress=None,
                  max_starts=3, backoff=(0.5, 10.0), clock=time.monotonic, wall=time.time, role="cli",
-                 lease_s=None, node=None):
+                 lease_s=None, node=None, voices=None):
         self.job = job
         self.synth = synthesizer
         self.settings = settings
@@ -99,6 +100,8 @@ class Runner:
         self.lease = None
         self.lease_token = None
         self._prompts = collections.OrderedDict()  # real path -> (audio, rate): an LRU
+        # saved voices: the service's VoiceStore (shares its feature cache), else read from disk
+        self.voices = voices if voices is not None else SavedVoices.of(settings)
         self.compute_s = 0.0
         self.audio_s = 0.0
         self.ran = 0
@@ -224,7 +227,7 @@ class Runner:
         if audio.size == 0 or not np.isfinite(audio).all():
             return self._record(dict(base, t=states.TASK_FAILED, code="engine_error",
                                      reason="the engine returned no usable audio for this text"))
-        data = audio_mod.encode(audio, result.sample_rate, "wav")
+        data = audio_mod.encode(audio, result.sample_rate, task.response_format or "wav")
         path = os.path.join(self.job.out_dir, task.filename)
         # The temp name carries the lease: a holder that lost it never writes into the
         # new holder's temp file.
@@ -272,13 +275,18 @@ class Runner:
             log.warning("batch %s: release_memory failed: %s", self.job.id, e)
 
     def _request(self, task):
-        real, why = resolve_prompt(task.prompt_audio, self.settings.paths.prompt_root)
-        if why:
-            raise FileNotFoundError(why) if "not found" in why else GlmttsError(why, code="invalid_prompt")
         engine = self.settings.engine
         request = SynthesisRequest(text=task.input_text, sample_rate=task.sample_rate or engine.sample_rate,
                                    seed=engine.seed if task.seed is None else task.seed, use_cache=engine.use_cache,
-                                   phoneme=engine.phoneme, prompt_text=task.prompt_text)
+                                   phoneme=engine.phoneme, prompt_text=task.prompt_text or "",
+                                   speed=1.0 if task.speed is None else task.speed)
+        if task.prompt_audio is None:
+            if task.voice and task.voice != DEFAULT_VOICE:
+                self._saved_voice(request, task.voice)
+            return request  # no prompt at all: the engine's default voice
+        real, why = resolve_prompt(task.prompt_audio, self.settings.paths.prompt_root)
+        if why:
+            raise FileNotFoundError(why) if "not found" in why else GlmttsError(why, code="invalid_prompt")
         key = (real, task.prompt_text)
         if key not in self._prompts:
             # Many tasks share one voice: decode it and extract its features once. A bad
@@ -306,6 +314,24 @@ class Runner:
         else:
             request.prompt_audio, request.prompt_sample_rate = audio, rate
         return request
+
+    def _saved_voice(self, request, voice):
+        """Speak with a saved voice, as POST /v1/audio/speech does: its cached features
+        when this engine made them, else its reference audio and transcript. Looked up
+        for each task: a voice deleted since validation fails only its own tasks."""
+        try:
+            meta = self.voices.find(voice)
+        except GlmttsError as e:
+            raise GlmttsError("voice %r: %s (deleted since the job was submitted?)" % (voice, e),
+                              code="voice_not_found") from None
+        request.prompt_text = meta.get("prompt_text") or ""
+        features = None
+        if meta.get("engine_setting") == self.settings.engine.name:
+            features = self.voices.features(meta["id"])
+        if features is not None:
+            request.prompt_features = features
+        else:
+            request.prompt_audio, request.prompt_sample_rate = self.voices.reference(meta["id"])
 
     # -- durability -----------------------------------------------------------------
 

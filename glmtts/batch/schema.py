@@ -2,22 +2,34 @@
 
 Canonical fields and the official GLM-TTS repository's names, which are accepted too::
 
-    prompt_audio  (prompt_speech)  reference audio, relative to paths.prompt_root
-    prompt_text                    transcript of the reference audio
     input_text    (syn_text)       the text to speak
-    output_name   (uttid)          file stem of the output (<output_name>.wav)
+    output_name   (uttid)          file stem of the output (<output_name>.<format>)
+    the voice, one of:
+      prompt_audio  (prompt_speech)  reference audio, relative to paths.prompt_root,
+      + prompt_text                  with its transcript
+      voice                          a saved voice (its id "voice_...", or its name),
+                                     or "default"; no voice field at all = "default"
     sample_rate                    optional: 24000 | 32000 (default engine.sample_rate)
     seed                           optional: integer (default engine.seed)
+    speed                          optional: 0.25..4.0 (default 1.0), as the API's speed
+    response_format                optional: wav | flac | mp3 | ... (what glmtts/audio.py
+                                   encodes, raw pcm excepted; default wav)
 
-This module only checks shape and types; validate.py checks the file system and limits.
+This module only checks shape and types; validate.py checks the file system, saved
+voices and limits.
 """
 
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-REQUIRED = ("prompt_audio", "prompt_text", "input_text", "output_name")
-OPTIONAL = ("sample_rate", "seed")
+from .. import audio as audio_mod
+
+REQUIRED = ("input_text", "output_name")
+OPTIONAL = ("prompt_audio", "prompt_text", "voice", "sample_rate", "seed", "speed", "response_format")
+DEFAULT_VOICE = "default"
+SPEED_RANGE = (0.25, 4.0)  # the same bounds as POST /v1/audio/speech
+DEFAULT_FORMAT = "wav"
 ALIASES = {"prompt_speech": "prompt_audio", "syn_text": "input_text", "uttid": "output_name"}
 SAMPLE_RATES = (24000, 32000)
 MAX_SEED = 2**32 - 1
@@ -49,17 +61,21 @@ class Problem:
 class Task:
     index: int  # position among the job's tasks (0-based); the journal's key
     line: int  # line in the submitted file (1-based), for messages
-    prompt_audio: str
-    prompt_text: str
+    prompt_audio: Optional[str]  # None: a saved voice or the default voice
+    prompt_text: Optional[str]
     input_text: str
     output_name: str
     sample_rate: Optional[int] = None
     seed: Optional[int] = None
     extra: dict = field(default_factory=dict)
+    # Fields added later carry defaults, so the tasks.jsonl of older jobs still loads.
+    voice: Optional[str] = None  # a saved voice id/name, or "default"; None with prompt_audio
+    speed: Optional[float] = None
+    response_format: str = DEFAULT_FORMAT
 
     @property
     def filename(self):
-        return self.output_name + ".wav"
+        return "%s.%s" % (self.output_name, extension(self.response_format))
 
     def to_dict(self):
         return asdict(self)
@@ -67,6 +83,18 @@ class Task:
     @classmethod
     def from_dict(cls, data):
         return cls(**data)
+
+
+def file_formats():
+    """The output formats a batch line may ask for: whatever glmtts/audio.py encodes,
+    except raw pcm (a headerless file no player opens)."""
+    return tuple(f for f in audio_mod.FORMATS if f != "pcm")
+
+
+def extension(fmt):
+    """File extension of an output in ``fmt`` (audio.py's table when it has one)."""
+    table = getattr(audio_mod, "EXTENSIONS", None) or {}
+    return table.get(fmt, fmt).lstrip(".")
 
 
 def safe_stem_problem(name):
@@ -101,6 +129,17 @@ def parse_task(obj, *, line, index):
             problems.append(Problem(line, "field %r must be a string, got %s" % (name, _json_type(value)), name))
         elif not value.strip():
             problems.append(Problem(line, "field %r is empty" % name, name))
+    problems += _voice_problems(values, line)
+    speed = values.get("speed")
+    lo, hi = SPEED_RANGE
+    if speed is not None and (isinstance(speed, bool) or not isinstance(speed, (int, float)) or not lo <= speed <= hi):
+        problems.append(Problem(line, "field 'speed' must be a number %g..%g (1.0 = normal, 2.0 = twice as fast), "
+                                      "got %s" % (lo, hi, _show(speed)), "speed"))
+    fmt = values.get("response_format")
+    formats = file_formats()
+    if fmt is not None and (not isinstance(fmt, str) or fmt.lower() not in formats):
+        problems.append(Problem(line, "field 'response_format' must be one of %s, got %s" % (
+            " | ".join(formats), _show(fmt)), "response_format"))
     sr = values.get("sample_rate")
     if sr is not None and (isinstance(sr, bool) or sr not in SAMPLE_RATES):
         problems.append(Problem(line, "field 'sample_rate' must be one of %s, got %s" % (
@@ -118,10 +157,45 @@ def parse_task(obj, *, line, index):
         problems.append(Problem(line, "unknown field %r is ignored" % key, key, "warning"))
     if any(p.severity == "error" for p in problems):
         return None, problems
-    task = Task(index=index, line=line, prompt_audio=values["prompt_audio"], prompt_text=values["prompt_text"],
+    prompt = values.get("prompt_audio")
+    voice = None if prompt is not None else (values.get("voice") or DEFAULT_VOICE)
+    if voice is not None and voice.strip().lower() == DEFAULT_VOICE:
+        voice = DEFAULT_VOICE
+    task = Task(index=index, line=line, prompt_audio=prompt, prompt_text=values.get("prompt_text") if prompt else None,
                 input_text=values["input_text"], output_name=values["output_name"],
-                sample_rate=sr, seed=seed, extra=extra)
+                sample_rate=sr, seed=seed, extra=extra, voice=voice,
+                speed=None if speed is None else float(speed),
+                response_format=(fmt or DEFAULT_FORMAT).lower())
     return task, problems
+
+
+def _voice_problems(values, line):
+    """Which voice speaks: a reference file with its transcript, a saved voice, or the
+    default voice, never two at once (the same rule as POST /v1/audio/speech)."""
+    problems = []
+    for name in ("prompt_audio", "prompt_text", "voice"):
+        value = values.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            problems.append(Problem(line, "field %r must be a string, got %s" % (name, _json_type(value)), name))
+        elif not value.strip():
+            problems.append(Problem(line, "field %r is empty%s" % (name, "; leave it out for the default voice"
+                                                                    if name != "prompt_text" else ""), name))
+    if problems:
+        return problems
+    prompt, text, voice = values.get("prompt_audio"), values.get("prompt_text"), values.get("voice")
+    if prompt is not None and voice is not None:
+        problems.append(Problem(line, "give either 'voice' (%s) or 'prompt_audio' (%s), not both: remove one" % (
+            _show(voice), _show(prompt)), "voice"))
+    elif prompt is not None and text is None:
+        problems.append(Problem(line, "missing required field 'prompt_text': the transcript of prompt_audio %s "
+                                      "(the engine needs both)" % _show(prompt), "prompt_text"))
+    elif text is not None and prompt is None:
+        problems.append(Problem(line, "field 'prompt_text' is given without 'prompt_audio': add the reference audio "
+                                      "it transcribes, or remove it (a saved voice keeps its own transcript)",
+                                "prompt_text"))
+    return problems
 
 
 def _json_type(value):

@@ -8,12 +8,13 @@ number and what to fix; valid lines are reported valid. Lines are read with a bo
 import json
 import logging
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 
 from .. import audio as audio_mod
-from ..errors import GlmttsError
-from .schema import Problem, parse_task
+from ..errors import GlmttsError, NotFoundError
+from .schema import DEFAULT_VOICE, Problem, parse_task
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def validate_stream(f, settings, report, *, check_audio=True):
     prompt_root = settings.paths.prompt_root
     seen_names = {}
     audio_cache = {}
+    voices = SavedVoices.of(settings)
     for lineno, raw, size in read_lines(f, max_bytes):
         if raw is None:
             report.lines += 1
@@ -145,9 +147,18 @@ def validate_stream(f, settings, report, *, check_audio=True):
                                          "(ignoring case)" % (task.output_name, seen_names[key]), "output_name"))
         else:
             seen_names[key] = lineno
-        why = check_prompt(task.prompt_audio, prompt_root, settings, audio_cache if check_audio else None)
-        if why:
-            line_problems.append(Problem(lineno, why, "prompt_audio"))
+        if task.prompt_audio is not None:
+            why = check_prompt(task.prompt_audio, prompt_root, settings, audio_cache if check_audio else None)
+            if why:
+                line_problems.append(Problem(lineno, why, "prompt_audio"))
+        elif task.voice != DEFAULT_VOICE:
+            try:
+                voices.find(task.voice)
+            except NotFoundError:
+                line_problems.append(Problem(lineno, "voice %r is not a saved voice: use \"default\" (or leave "
+                                             "'voice' out), a saved voice's id (\"voice_...\") or its name; "
+                                             "GET /v1/voices or the UI's Voices tab lists them" % task.voice[:64],
+                                             "voice"))
         report.problems.extend(line_problems)
         if not line_problems:
             report.tasks.append(task)
@@ -200,6 +211,61 @@ def resolve_prompt(rel, prompt_root):
     return real, None
 
 
+class SavedVoices:
+    """The saved voices of ``<state_dir>/voices`` (written by service/voices.py: one
+    directory per voice holding meta.json, reference.wav and features.pkl), read-only:
+    what the validator and `glmtts batch run --local` need. The service hands the
+    runner its own VoiceStore instead, which has the same find/features/reference."""
+
+    def __init__(self, root):
+        self.root = root
+
+    @classmethod
+    def of(cls, settings):
+        return cls(os.path.join(settings.paths.state_dir, "voices"))
+
+    def _meta(self, voice_id):
+        if not re.fullmatch(r"voice_[A-Za-z0-9_-]+", voice_id):
+            return None
+        try:
+            with open(os.path.join(self.root, voice_id, "meta.json"), encoding="utf-8") as f:
+                meta = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) else None
+
+    def list(self):
+        try:
+            names = sorted(os.listdir(self.root))
+        except OSError:
+            return []
+        metas = [m for m in (self._meta(n) for n in names) if m]
+        return sorted(metas, key=lambda m: (m.get("created", 0), m.get("id", "")))
+
+    def find(self, voice):
+        """By id, else by name (exact, then ignoring case; the oldest of equal names),
+        as the API's ``voice`` field. NotFoundError when there is none."""
+        meta = self._meta(voice) if voice.startswith("voice_") else None
+        if meta is None:
+            metas = self.list()
+            matches = [m for m in metas if m.get("name") == voice] or \
+                [m for m in metas if str(m.get("name", "")).casefold() == voice.casefold()]
+            meta = matches[0] if matches else None
+        if meta is None:
+            raise NotFoundError("unknown voice %r" % voice[:64], code="voice_not_found")
+        return meta
+
+    def features(self, voice_id):
+        try:
+            with open(os.path.join(self.root, voice_id, "features.pkl"), "rb") as f:
+                return pickle.load(f)  # written by this service's own VoiceStore
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+            return None
+
+    def reference(self, voice_id):
+        return audio_mod.decode(os.path.join(self.root, voice_id, "reference.wav"), what="saved voice %s" % voice_id)
+
+
 def check_prompt(rel, prompt_root, settings, cache):
     """What is wrong with the reference audio ``rel``, or None. ``cache`` (dict) memoises
     decoding per real path, since many tasks share one voice; None skips decoding."""
@@ -224,10 +290,15 @@ def text_seconds(text):
     return cjk * CJK_S + words * WORD_S + 0.3
 
 
+def _task_seconds(task):
+    return text_seconds(task.input_text) / (getattr(task, "speed", None) or 1.0)
+
+
 def estimate(tasks, settings, speed=None):
-    audio_s = sum(text_seconds(t.input_text) for t in tasks)
-    # 16-bit samples at each task's rate: what the outputs directory must hold
-    output_bytes = sum(int(text_seconds(t.input_text) * (t.sample_rate or settings.engine.sample_rate)) * 2
+    audio_s = sum(_task_seconds(t) for t in tasks)
+    # 16-bit samples at each task's rate: what the outputs directory must hold (an upper
+    # bound for the compressed formats)
+    output_bytes = sum(int(_task_seconds(t) * (t.sample_rate or settings.engine.sample_rate)) * 2
                        + WAV_HEADER for t in tasks)
     if speed is None:
         from .speed import Speed
