@@ -121,7 +121,7 @@ def test_batch_run_submits_to_the_running_service_and_loads_no_engine(tmp_path):
         p = batch_run(cli_env(svc, GLMTTS_ENGINE_NAME=BROKEN), bad)
         assert p.returncode == 1
         assert "line 1: error: voice 'voice_000000000000' is not a saved voice" in p.stderr
-        assert "line 2: error: field 'speed' must be a number 0.25..4 " in p.stderr
+        assert "line 2: error: speed 9 is out of range; allowed: 0.25..4.0" in p.stderr, p.stderr
         assert "NOT OK" in p.stderr
     finally:
         svc.stop()
@@ -250,8 +250,8 @@ def test_validator_explains_each_new_field(sandbox):
         "line 4: error: field 'prompt_text' is given without 'prompt_audio': add the reference audio it transcribes, "
         "or remove it",
         "line 5: error: missing required field 'prompt_text': the transcript of prompt_audio 'voice.wav'",
-        "line 6: error: field 'speed' must be a number 0.25..4 (1.0 = normal, 2.0 = twice as fast), got 5",
-        "line 7: error: field 'speed' must be a number 0.25..4 (1.0 = normal, 2.0 = twice as fast), got 'fast'",
+        "line 6: error: speed 5 is out of range; allowed: 0.25..4.0",
+        "line 7: error: field 'speed' must be a number, got 'fast'",
         "line 8: error: field 'response_format' must be one of %s, got 'ogg'" % " | ".join(file_formats()),
         "line 9: error: field 'voice' must be a string, got a number",
         "line 10: error: field 'voice' is empty; leave it out for the default voice",

@@ -37,7 +37,7 @@ BAD = [
     ('["a", "list"]', "must be a JSON object", None),
     (json.dumps({"prompt_audio": "voice.wav", "prompt_text": "t", "output_name": "o_missing"}), "missing required field 'input_text'", "input_text"),
     (T(0, input_text=42, output_name="o_type"), "'input_text' must be a string", "input_text"),
-    (T(0, sample_rate=44100, output_name="o_rate"), "'sample_rate' must be one of 24000 | 32000", "sample_rate"),
+    (T(0, sample_rate=44100, output_name="o_rate"), "sample_rate 44100 is not supported; allowed: 24000 | 32000", "sample_rate"),
     (T(0, seed="x", output_name="o_seed"), "'seed' must be an integer", "seed"),
     (T(0, prompt_audio="nope.wav", output_name="o_404"), "not found in paths.prompt_root", "prompt_audio"),
     (T(0, prompt_audio="notes.wav", output_name="o_text"), "not a recognised audio file", "prompt_audio"),

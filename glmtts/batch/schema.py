@@ -24,15 +24,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from .. import audio as audio_mod
+from .. import request as reqdecl
 
 REQUIRED = ("input_text", "output_name")
 OPTIONAL = ("prompt_audio", "prompt_text", "voice", "sample_rate", "seed", "speed", "response_format")
 DEFAULT_VOICE = "default"
-SPEED_RANGE = (0.25, 4.0)  # the same bounds as POST /v1/audio/speech
+# speed, sample_rate and seed are the request's own fields (glmtts/request.py): the same
+# types, ranges and words as POST /v1/audio/speech and `glmtts synth`
+SPEED_RANGE = reqdecl.SPEED_RANGE
 DEFAULT_FORMAT = "wav"
 ALIASES = {"prompt_speech": "prompt_audio", "syn_text": "input_text", "uttid": "output_name"}
-SAMPLE_RATES = (24000, 32000)
-MAX_SEED = 2**32 - 1
+SAMPLE_RATES = reqdecl.SAMPLE_RATES
+MAX_SEED = reqdecl.SEED_RANGE[1]
 
 # A file stem that is safe on every file system and inside a zip: letters (any script),
 # digits, '_', '-', '.', starting with a letter or digit, no '..', at most 120 characters.
@@ -85,6 +88,24 @@ class Task:
         return cls(**data)
 
 
+def _request_field_problems(values, line):
+    """speed, sample_rate and seed of a line, checked by the request declaration."""
+    out = []
+    for name, kinds, kind_words in (("speed", (int, float), "a number"), ("sample_rate", (int,), "an integer"),
+                                    ("seed", (int,), "an integer")):
+        value = values.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            out.append(Problem(line, "field %r must be %s, got %s" % (name, kind_words, _show(value)), name))
+            continue
+        try:
+            reqdecl.check(name, value)
+        except reqdecl.FieldError as e:
+            out.append(Problem(line, str(e), name))  # starts with the field name, as the API says it
+    return out
+
+
 def file_formats():
     """The output formats a batch line may ask for: whatever glmtts/audio.py encodes,
     except raw pcm (a headerless file no player opens)."""
@@ -130,23 +151,12 @@ def parse_task(obj, *, line, index):
         elif not value.strip():
             problems.append(Problem(line, "field %r is empty" % name, name))
     problems += _voice_problems(values, line)
-    speed = values.get("speed")
-    lo, hi = SPEED_RANGE
-    if speed is not None and (isinstance(speed, bool) or not isinstance(speed, (int, float)) or not lo <= speed <= hi):
-        problems.append(Problem(line, "field 'speed' must be a number %g..%g (1.0 = normal, 2.0 = twice as fast), "
-                                      "got %s" % (lo, hi, _show(speed)), "speed"))
+    problems += _request_field_problems(values, line)
     fmt = values.get("response_format")
     formats = file_formats()
     if fmt is not None and (not isinstance(fmt, str) or fmt.lower() not in formats):
         problems.append(Problem(line, "field 'response_format' must be one of %s, got %s" % (
             " | ".join(formats), _show(fmt)), "response_format"))
-    sr = values.get("sample_rate")
-    if sr is not None and (isinstance(sr, bool) or sr not in SAMPLE_RATES):
-        problems.append(Problem(line, "field 'sample_rate' must be one of %s, got %s" % (
-            " | ".join(map(str, SAMPLE_RATES)), _show(sr)), "sample_rate"))
-    seed = values.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
-        problems.append(Problem(line, "field 'seed' must be an integer 0..%d, got %s" % (MAX_SEED, _show(seed)), "seed"))
     name = values.get("output_name")
     if isinstance(name, str) and name.strip():
         why = safe_stem_problem(name)
@@ -157,6 +167,7 @@ def parse_task(obj, *, line, index):
         problems.append(Problem(line, "unknown field %r is ignored" % key, key, "warning"))
     if any(p.severity == "error" for p in problems):
         return None, problems
+    sr, seed, speed = values.get("sample_rate"), values.get("seed"), values.get("speed")
     prompt = values.get("prompt_audio")
     voice = None if prompt is not None else (values.get("voice") or DEFAULT_VOICE)
     if voice is not None and voice.strip().lower() == DEFAULT_VOICE:
