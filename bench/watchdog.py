@@ -88,7 +88,7 @@ def bench_recovery():
     import requests
 
     from tests.support.watchdog_fakes import AlertReceiver
-    from tests.test_watchdog_supervisord import Rig, last_incident, main_pid
+    from tests.watchdog.test_watchdog_supervisord import Rig, last_incident, main_pid
 
     root = tempfile.mkdtemp(prefix="glmtts-bench-sv-")
     rig = Rig(root)

@@ -1,6 +1,6 @@
 """The generated references in docs/reference/: rendered from the tables the code runs on
 (signatures, exit codes), so the documents cannot drift from it. `python -m
-glmtts.reference --write` rewrites them; tests/test_docs.py fails when one is stale. The
+glmtts.reference --write` rewrites them; tests/cli/test_docs.py fails when one is stale. The
 configuration and request-field tables are rendered the same way, in place, by
 glmtts.config.markdown_table and glmtts.request.markdown_table."""
 

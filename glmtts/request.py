@@ -3,7 +3,7 @@
 POST /v1/audio/speech (JSON and multipart), the UI, `glmtts synth` and batch lines all
 read their fields from FIELDS below and validate them with ``parse`` (or ``check`` for a
 single value), so the four faces accept and refuse exactly the same input with the same
-words. README's request table is ``markdown_table()`` (tests/test_request_decl.py keeps
+words. docs/service.md's request table is ``markdown_table()`` (tests/service/test_request_decl.py keeps
 them equal), the OpenAPI body is ``json_schema()``.
 
 Defaults that are settings (engine.sample_rate, engine.seed, ...) are read from the
@@ -242,7 +242,7 @@ def json_schema(settings=None, sample_rates=SAMPLE_RATES, *, form=False):
 
 
 def markdown_table():
-    """README's table of request fields (tests/test_request_decl.py checks README has it)."""
+    """The table of request fields in docs/service.md (tests/service/test_request_decl.py checks it)."""
     rows = ["| field | type | default | allowed | `glmtts synth` | meaning |", "|---|---|---|---|---|---|"]
     names = {str: "string", int: "integer", float: "number", bool: "boolean", bytes: "file"}
     for f in FIELDS:

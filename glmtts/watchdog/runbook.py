@@ -164,7 +164,7 @@ def load_all(directory):
 
 # The part of "## What the automation does" generated from the front matter, so the prose a
 # person reads and the steps the watchdog runs cannot drift apart: `glmtts-watchdog runbook
-# render ID --write` rewrites it; tests/test_watchdog_runbooks.py fails when it is stale.
+# render ID --write` rewrites it; tests/watchdog/test_watchdog_runbooks.py fails when it is stale.
 STEPS_BEGIN = "<!-- steps: generated from the front matter by `glmtts-watchdog runbook render`; do not edit -->"
 STEPS_END = "<!-- end of generated steps -->"
 

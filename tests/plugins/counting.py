@@ -1,5 +1,5 @@
 """A plug-in engine that counts syntheses across processes, for the replica tests
-(tests/test_batch_replicas.py): ``CountingEngine`` is ``FaultEngine`` (faults.py: the
+(tests/batch/test_batch_replicas.py): ``CountingEngine`` is ``FaultEngine`` (faults.py: the
 real espeak engine, with $GLMTTS_TEST_FAULT_FILE's fault word, e.g. ``slow:0.1``) that
 also appends one line per synthesis to the file named by $GLMTTS_TEST_SYNTH_LOG:
 

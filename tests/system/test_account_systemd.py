@@ -1,5 +1,5 @@
 """The watchdog's account under the real private systemd, for the scenarios the
-supervisord tests also run (tests/test_watchdog_interrupted.py, test_watchdog_supervisord.py):
+supervisord tests also run (tests/watchdog/test_watchdog_interrupted.py, test_watchdog_supervisord.py):
 
 - a hang that only the watchdog heals (systemd's own WatchdogSec turned off for these
   tests, so the glmtts watchdog is the one acting) is healed with exactly one restart:

@@ -11,7 +11,7 @@ A process whose memory NVML cannot report (inside containers) carries NVML's sen
 NVML_VALUE_NOT_AVAILABLE (2**64 - 1), as the real library answers.
 
 Nothing in glmtts imports this; tests put it on a path (a service's PYTHONPATH) or in
-sys.modules (tests/test_watchdog_gpu.py)."""
+sys.modules (tests/watchdog/test_watchdog_gpu.py)."""
 
 import json
 import os

@@ -13,7 +13,7 @@ from glmtts.errors import ConfigError
 from service import __main__ as service_main
 from service.__main__ import hold_unretryable_exit
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

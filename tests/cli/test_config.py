@@ -10,7 +10,7 @@ import pytest
 from glmtts import config
 from glmtts.errors import EXIT_CONFIG, ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path, text):

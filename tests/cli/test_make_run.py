@@ -21,7 +21,7 @@ import soundfile as sf
 from glmtts import audio, prosody
 from tests.support.batch import PROMPT_TEXT, reference_wav
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 

@@ -20,7 +20,7 @@ from glmtts.watchdog.cycle import EXIT_OK
 from glmtts.watchdog.incidents import IncidentLog
 from tests.support.service import REPO
 from tests.support.watchdog_fakes import AlertReceiver
-from tests.test_watchdog_supervisord import Rig, main_pid
+from tests.watchdog.test_watchdog_supervisord import Rig, main_pid
 
 pytestmark = pytest.mark.integration
 

@@ -126,7 +126,7 @@ def test_the_watchdog_lane_holds_for_a_whole_cycle_under_supervisord(tmp_path):
     from glmtts.watchdog.cycle import EXIT_OK
     from glmtts.watchdog.incidents import IncidentLog
     from tests.support.watchdog_fakes import AlertReceiver
-    from tests.test_watchdog_supervisord import Rig, main_pid
+    from tests.watchdog.test_watchdog_supervisord import Rig, main_pid
 
     cfg = tmp_path / "glmtts.toml"
     cfg.write_text("[limits]\nrate_limit_per_minute = 2\n")

@@ -11,7 +11,7 @@ import pytest
 from glmtts import install, preflight
 from glmtts.errors import EngineLoadError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = "/srv/deploy"  # a rendered unit for a deploy tree somewhere else
 UNIT = install.render_unit((ROOT / "ops/glmtts.service").read_text(), DEPLOY)
 TEMPLATE = install.render_unit((ROOT / "ops/glmtts@.service").read_text(), DEPLOY)

@@ -7,11 +7,11 @@ import pytest
 
 from tests.support.batch import reference_wav
 from tests.support.service import ServiceProcess
-from tests.test_batch_service import jsonl
+from tests.batch.test_batch_service import jsonl
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
-ART = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "artifacts")
+ART = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "artifacts")
 
 
 def test_batch_tab_uploads_validates_shows_progress_and_offers_the_zip(tmp_path):

@@ -17,7 +17,7 @@ import requests
 from glmtts import localrun
 from tests.plugins.drain_load import DrainLoad
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 DELAY_S = 2.0
 

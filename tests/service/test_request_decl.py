@@ -12,7 +12,7 @@ import pytest
 from glmtts import config
 from glmtts import request as reqdecl
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_readme_has_the_generated_request_table():

@@ -29,7 +29,7 @@ SR = 24000
 
 def glottal(target_hz, seconds=4.0):
     """A synthetic voice independent of espeak: glottal pulses with a falling intonation
-    of +-2 semitones around target_hz and syllable gaps (as tests/test_espeak_engine.py)."""
+    of +-2 semitones around target_hz and syllable gaps (as tests/engines/test_espeak_engine.py)."""
     t = np.arange(int(seconds * SR)) / SR
     inst = target_hz * 2 ** ((2.0 - 4.0 * (t % 1.0)) / 12)
     phase = 2 * np.pi * np.cumsum(inst) / SR
@@ -193,7 +193,7 @@ def test_example_fills_reference_and_transcript(svc, page):
     status = page.status_after_click()
     assert "voice: uploaded reference example_reference.wav" in status, status
     assert "prosody matched" in status, status
-    art = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "artifacts")
+    art = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "artifacts")
     os.makedirs(art, exist_ok=True)
     page.d.save_screenshot(os.path.join(art, "ui-synthesize.png"))
 

@@ -204,7 +204,7 @@ def test_crash_mid_cycle_leaves_consistent_state(rig):
 
 
 def test_dry_run_changes_nothing(rig):
-    from tests.test_watchdog_dryrun import tree
+    from tests.watchdog.test_watchdog_dryrun import tree
     wd, srv, mgr, clock, s = rig
     before = tree(s.paths.state_dir)
     dry = Watchdog(s, host=ClockedHost(clock), manager=mgr, runbooks=RUNBOOKS, dry_run=True)

@@ -11,7 +11,7 @@ import pytest
 from glmtts.watchdog.incidents import Incident, Lifecycle
 from glmtts.watchdog.states import INCIDENT_TERMINAL, INCIDENT_TRANSITIONS, IncidentState, InvalidTransition
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 ARROWS = [(old, new) for old, targets in INCIDENT_TRANSITIONS.items() for new in targets]
 STATES = [v for k, v in vars(IncidentState).items() if k.isupper()]
 

@@ -2,7 +2,7 @@
 output of systemd 252 and `supervisorctl status` output of supervisor 4.2, fed through a
 host that answers recorded output (the recording seam; the real outputs were captured from
 the private systemd of tests/system and the real supervisord of
-tests/test_watchdog_supervisord.py). The system tests exercise the same parsers live."""
+tests/watchdog/test_watchdog_supervisord.py). The system tests exercise the same parsers live."""
 
 import sys
 

@@ -9,7 +9,7 @@ import time
 
 from tests.support.watchdog_fakes import HealthServer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def env_for(tmp_path, url, **extra):

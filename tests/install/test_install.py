@@ -13,7 +13,7 @@ import pytest
 
 from glmtts import config, install as installer, preflight
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 needs_root_tools = pytest.mark.skipif(
     os.geteuid() != 0 or not all(shutil.which(t) for t in ("useradd", "groupadd", "systemctl")),
     reason="needs root and useradd/groupadd/systemctl (shadow tools with --prefix)")

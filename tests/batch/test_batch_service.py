@@ -180,7 +180,7 @@ def test_submission_on_a_full_disk_answers_507(tmp_path):
               'head -c 600000 /dev/zero > "$B/filler" 2>/dev/null; exec "$@"')
     with open(svc.stdout_path, "ab") as out, open(svc.stderr_path, "ab") as err:
         svc.proc = subprocess.Popen(["unshare", "--mount", "sh", "-c", script, "sh", sys.executable, "-m", "service"],
-                                    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                     env=dict(svc.env, B=batches), stdout=out, stderr=err, start_new_session=True)
     try:
         svc.wait_healthy()
@@ -224,7 +224,7 @@ def test_submission_when_the_outputs_dir_is_full_answers_507_then_runs_once_spac
     # a 2 MB tmpfs over the outputs directory, in the service's own mount namespace only
     with open(svc.stdout_path, "ab") as out, open(svc.stderr_path, "ab") as err:
         svc.proc = subprocess.Popen(["unshare", "--mount", "sh", "-c", FULL_OUTPUTS, "sh", sys.executable, "-m",
-                                     "service"], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                     "service"], cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                     env=dict(svc.env, O=svc.output_dir), stdout=out, stderr=err,
                                     start_new_session=True)
     try:

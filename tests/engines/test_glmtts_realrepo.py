@@ -7,7 +7,7 @@ Opt-in: CI has no checkout.
 
     GLMTTS_TEST_REAL_CHECKOUT=/path/to/GLM-TTS \\
     GLMTTS_TEST_REAL_PYTHON=/path/to/venv-with-the-glmtts-extra/bin/python \\
-    .venv/bin/python -m pytest tests/test_glmtts_realrepo.py -v -s
+    .venv/bin/python -m pytest tests/engines/test_glmtts_realrepo.py -v -s
 
 GLMTTS_TEST_REAL_PYTHON (default: this interpreter) needs ``pip install '.[glmtts]' onnx``.
 The engine runs in its own processes with that interpreter: the repository's generic

@@ -343,7 +343,7 @@ def test_access_and_error_lines_land_on_the_right_stream(svc):
 def test_ui_in_headless_chromium_synthesizes_and_screenshots(svc):
     from tests.support.browser import chromium
 
-    art = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "artifacts")
+    art = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "artifacts")
     os.makedirs(art, exist_ok=True)
     with chromium() as driver:
         from selenium.webdriver.common.by import By

@@ -13,7 +13,7 @@ import soundfile as sf
 
 from glmtts import audio, prosody
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MANDARIN = "你好，欢迎使用语音合成服务。今天天气很好。"
 
 

@@ -1,6 +1,6 @@
 """Incidents as a write-ahead journal (folded by id), their exact times, and the pieces of
 one restart per remediation, against fakes. The real kills are in
-tests/test_watchdog_interrupted.py and tests/test_watchdog_supervisord.py."""
+tests/watchdog/test_watchdog_interrupted.py and tests/watchdog/test_watchdog_supervisord.py."""
 
 import os
 import time

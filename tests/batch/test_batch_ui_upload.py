@@ -19,7 +19,7 @@ from tests.support.service import ServiceProcess
 
 pytestmark = [pytest.mark.integration]
 
-ART = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "artifacts")
+ART = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "artifacts")
 NOT_AUDIO = b"these are my notes, not a recording\n" * 20
 
 

@@ -38,7 +38,7 @@ from tests.support import fleet
 from tests.support.kubelet import PodLayout, sandbox_argv
 from tests.support.service import REPO, ServiceProcess
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "ops" / "kubernetes"
 REGIONS = ("hkg", "sin", "nrt", "iad", "ams")
 OVERLAYS = ("base", "gpu") + tuple("regions/" + r for r in REGIONS)

@@ -3,7 +3,7 @@ official repository's layout, signatures and load-time behaviours (mel caches ke
 without the rate, audio through torchaudio.load, FSTs written into the installed ``tn``
 package, cwd-relative files, device pinning) that returns real audio (no GPU here).
 tests/fixtures/wetext_site stands in for WeTextProcessing's installed ``tn`` package.
-The conformance run against the real repository is tests/test_glmtts_realrepo.py."""
+The conformance run against the real repository is tests/engines/test_glmtts_realrepo.py."""
 
 import io
 import os
@@ -23,7 +23,7 @@ from glmtts.engines import PromptFeatures, SynthesisRequest, create
 from glmtts.engines.glmtts_adapter import GlmTtsEngine
 from glmtts.errors import ConfigError, CudaFatalError, EngineOOMError, InputError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURE = os.path.join(REPO_ROOT, "tests", "fixtures", "glmtts_checkout")
 WETEXT_SITE = os.path.join(REPO_ROOT, "tests", "fixtures", "wetext_site")
 LONG_TEXT = "你好，欢迎使用我们的语音合成服务。今天天气很好，我们一起去公园散步吧。明天见。"

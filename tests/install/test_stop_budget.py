@@ -12,7 +12,7 @@ import pytest
 
 from glmtts import config, install as installer, localrun
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = config.stop_grace_s()
 
 
@@ -91,7 +91,7 @@ needs_root_tools = pytest.mark.skipif(
 
 @pytest.fixture
 def tree(tmp_path):
-    """A minimal / with the account databases useradd --prefix edits (as tests/test_install.py)."""
+    """A minimal / with the account databases useradd --prefix edits (as tests/install/test_install.py)."""
     etc = tmp_path / "etc"
     etc.mkdir()
     (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
