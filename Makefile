@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned: here it resolves to the local CPU wheel, on a CUDA server to the CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install system-deps run status stop test test-fast bench install-system uninstall-system clean
+.PHONY: install system-deps run status stop test test-fast bench image install-system uninstall-system clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ test-fast: install
 # Figures, not pass/fail (gpu_validate.py needs a GPU and real weights: run it by hand).
 bench: install
 	@for b in engine service batch watchdog recovery; do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
+
+# `make image` (VARIANT=cuda for the GLM-TTS one): ops/container/Dockerfile with any docker;
+# build arguments: ops/container/README.md.
+VARIANT ?= embedded
+image:
+	docker build -f ops/container/Dockerfile --build-arg VARIANT=$(VARIANT) -t glmtts:$(VARIANT) .
 
 # `sudo make install-system`: user, dirs, config, systemd units, logrotate, watchdog timer
 # (glmtts-system install; DRY_RUN=1 prints the plan). Then `systemctl enable --now glmtts`.

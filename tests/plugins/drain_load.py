@@ -55,13 +55,17 @@ def _audio(body):
     return seconds, seconds > 0.3 and float(np.sqrt(np.mean(np.square(y)))) > 1e-3
 
 
-def _post(url, text, timeout):
+def _post(url, text, timeout, headers=None):
     return requests.post(url + "/v1/audio/speech", json={"input": text, "response_format": "wav"}, timeout=timeout,
-                         headers={"Connection": "close"})
+                         headers={"Connection": "close", **(headers or {})})
 
 
 class DrainLoad:
-    def __init__(self, url, n=12, timeout=180.0, clock=time.monotonic):
+    def __init__(self, url, n=12, timeout=180.0, clock=time.monotonic, headers=None, text=None):
+        """``headers`` go with every request (an API key); ``text`` replaces the request
+        text (a longer one holds a fast engine busy long enough to queue n requests)."""
+        self.headers = headers or {}
+        self.text = text
         self.url = url.rstrip("/")
         self.n = n
         self.timeout = timeout
@@ -76,7 +80,8 @@ class DrainLoad:
     def _send(self, kind, i, timeout):
         o = Outcome(kind, self.clock())
         try:
-            r = _post(self.url, TEXT % i, timeout)
+            text = self.text or TEXT
+            r = _post(self.url, text.replace("%d", str(i)), timeout, self.headers)
             o.status, o.retry_after = r.status_code, r.headers.get("Retry-After")
             if r.status_code == 200:
                 o.audio_s, o.audio_ok = _audio(r.content)
