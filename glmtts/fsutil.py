@@ -28,15 +28,14 @@ def fsync_dir(path):
         os.close(fd)
 
 
-def atomic_write(path, data, *, sync=True, tmp=None, mode=0o644, owner=None):
-    """Replace ``path`` with ``data`` (bytes, or str as UTF-8). ``sync=False`` skips the
-    fsyncs (still atomic against a crash of this process, not against power loss).
-    ``owner`` (uid, gid) and ``mode`` are set on the temp file, so the file never
-    appears with other ones."""
+def write_file(path, data, *, sync=True, mode=0o644, owner=None):
+    """Write ``data`` (bytes, or str as UTF-8) as the whole of ``path`` (created or
+    truncated), with exactly ``mode`` (and ``owner``), fsynced unless ``sync=False``. On
+    failure (ENOSPC) the file is removed: no half file is left behind. Not atomic by itself:
+    callers rename (atomic_write) or hard-link (the batch lease) it into place."""
     if isinstance(data, str):
         data = data.encode("utf-8")
-    tmp = tmp or "%s.tmp-%d" % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         view = memoryview(data)
         while view:
@@ -48,9 +47,18 @@ def atomic_write(path, data, *, sync=True, tmp=None, mode=0o644, owner=None):
             os.fsync(fd)
     except BaseException:
         os.close(fd)
-        unlink_quietly(tmp)
+        unlink_quietly(path)
         raise
     os.close(fd)
+
+
+def atomic_write(path, data, *, sync=True, tmp=None, mode=0o644, owner=None):
+    """Replace ``path`` with ``data`` (bytes, or str as UTF-8). ``sync=False`` skips the
+    fsyncs (still atomic against a crash of this process, not against power loss).
+    ``owner`` (uid, gid) and ``mode`` are set on the temp file, so the file never
+    appears with other ones."""
+    tmp = tmp or "%s.tmp-%d" % (path, os.getpid())
+    write_file(tmp, data, sync=sync, mode=mode, owner=owner)
     try:
         os.replace(tmp, path)
     except BaseException:

@@ -54,7 +54,7 @@ import threading
 import time
 
 from ..errors import GlmttsError
-from ..fsutil import fsync_dir, unlink_quietly
+from ..fsutil import fsync_dir, unlink_quietly, write_file
 
 log = logging.getLogger(__name__)
 
@@ -402,19 +402,7 @@ class Lease:
 
 
 def _write_file(path, rec, *, sync):
-    data = json.dumps(rec, sort_keys=True).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if sync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        unlink_quietly(path)  # e.g. ENOSPC: leave no temp file behind
-        raise
-    os.close(fd)
+    write_file(path, json.dumps(rec, sort_keys=True).encode(), sync=sync)
 
 
 class Heartbeat:

@@ -625,7 +625,7 @@ def test_the_service_as_rendered_writes_only_to_its_writable_volume(overlay, pod
         svc.start(timeout=180)
         assert svc.get("/healthz").json()["engine"]["name"].startswith(
             "espeak" if overlay == "base" else "glmtts"), svc.get("/healthz").text
-        r = svc.post("/v1/audio/speech", json={"input": "你好，世界。"}, headers=auth)
+        r = svc.post("/v1/audio/speech", json={"input": "你好，世界。", "response_format": "wav"}, headers=auth)
         assert r.status_code == 200 and r.content[:4] == b"RIFF", r.text[:300]
         r = svc.post("/v1/voices", files={"prompt_audio": ("v.wav", reference_wav(), "audio/wav")},
                      data={"prompt_text": PROMPT_TEXT, "name": "calm"}, headers=auth)

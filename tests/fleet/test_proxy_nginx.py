@@ -146,11 +146,13 @@ def test_load_spreads_and_the_client_is_the_real_one(fleet):
     assert r.status_code == 301 and r.headers["Location"] == "https://127.0.0.1/healthz"
     assert s.post(proxy.url + "/admin/gpu/clear", timeout=30).status_code == 404
     assert s.get(proxy.url + "/metrics", timeout=30).status_code == 404
-    # a streamed synthesis comes through unbuffered and whole
-    r = s.post(proxy.url + SPEECH, json={"input": "hello there. and again.", "response_format": "wav",
+    # a streamed synthesis comes through unbuffered and whole (pcm: streams need no length;
+    # 24 kHz s16le mono, so more than 0.2 s of audio is more than 9600 bytes)
+    r = s.post(proxy.url + SPEECH, json={"input": "hello there. and again.", "response_format": "pcm",
                                          "stream": True}, stream=True, timeout=120)
     body = b"".join(r.iter_content(4096))
-    assert r.status_code == 200 and body[:4] == b"RIFF" and len(body) > 10000
+    assert r.status_code == 200 and r.headers.get("content-type", "").startswith("audio/") and len(body) > 9600, r.text[:300]
+    assert len(body) % 2 == 0 and body[:4] != b"RIFF"
 
 
 @pytest.mark.integration

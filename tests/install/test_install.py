@@ -3,7 +3,6 @@
 
 import io
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -11,26 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.installtree import make_tree, needs_root_tools
+
 from glmtts import config, install as installer, preflight
 
 ROOT = Path(__file__).resolve().parents[2]
-needs_root_tools = pytest.mark.skipif(
-    os.geteuid() != 0 or not all(shutil.which(t) for t in ("useradd", "groupadd", "systemctl")),
-    reason="needs root and useradd/groupadd/systemctl (shadow tools with --prefix)")
 
 
 @pytest.fixture
 def tree(tmp_path):
-    """A minimal / with the account databases useradd --prefix edits."""
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
-    (etc / "group").write_text("root:x:0:\n")
-    (etc / "shadow").write_text("root:*:19000:0:99999:7:::\n")
-    (etc / "gshadow").write_text("root:*::\n")
-    for f in ("shadow", "gshadow"):
-        os.chmod(etc / f, 0o600)
-    return tmp_path
+    return make_tree(tmp_path)
 
 
 def install(tree, *args):

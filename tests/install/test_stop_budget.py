@@ -5,10 +5,11 @@ files carry the number of the defaults; what is rendered for a host follows its 
 import io
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
+
+from tests.support.installtree import make_tree, needs_root_tools
 
 from glmtts import config, install as installer, localrun
 
@@ -84,23 +85,11 @@ def test_render_unit_changes_only_the_stop_budget():
     assert installer.render_unit(text, "/opt/glmtts") == text
 
 
-needs_root_tools = pytest.mark.skipif(
-    os.geteuid() != 0 or not all(shutil.which(t) for t in ("useradd", "groupadd", "systemctl")),
-    reason="needs root and useradd/groupadd/systemctl (shadow tools with --prefix)")
 
 
 @pytest.fixture
 def tree(tmp_path):
-    """A minimal / with the account databases useradd --prefix edits (as tests/install/test_install.py)."""
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
-    (etc / "group").write_text("root:x:0:\n")
-    (etc / "shadow").write_text("root:*:19000:0:99999:7:::\n")
-    (etc / "gshadow").write_text("root:*::\n")
-    for f in ("shadow", "gshadow"):
-        os.chmod(etc / f, 0o600)
-    return tmp_path
+    return make_tree(tmp_path)
 
 
 def install(tree):

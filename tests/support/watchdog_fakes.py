@@ -6,6 +6,7 @@ alert receiver). The integration tests use the real service under a real supervi
 import io
 import json
 import os
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -205,3 +206,14 @@ class ClockedHost(Host):
 
     def euid(self):
         return self._euid if self._euid is not None else super().euid()
+
+
+def alert_ids(received):
+    """incident id -> [what] for each alert (the body names the incident)."""
+    out = {}
+    for m in received:
+        found = re.search(r"incident (\S+) detected", m.get("message", ""))
+        what = re.search(r"glmtts \S+ (\w+):", m.get("title", ""))
+        if found and what:
+            out.setdefault(found.group(1), []).append(what.group(1))
+    return out

@@ -292,6 +292,20 @@ def install_glmtts(sd, port, alerts, instances=()):
     return deployment
 
 
+@pytest.fixture(autouse=True)
+def clean_watchdog_state(request):
+    """Every test that uses the shared deployment starts from a clean account: the start
+    limit counter reset (the session drop-in allows 3 starts in 120 s, and planned
+    restarts count too) and the watchdog's guard re-armed, so one test's escalation or
+    spent start limit cannot fail the tests after it. Each test reads incidents from its
+    own offset (``before = len(d.incidents())``)."""
+    if "deployed" in request.fixturenames:
+        d = request.getfixturevalue("deployed")
+        d.sd.systemctl("reset-failed", "glmtts.service", check=False)
+        d.sd.run([str(TOOLS / "glmtts-watchdog"), "resume"], check=False, timeout=60)
+    yield
+
+
 @pytest.fixture(scope="session")
 def deployed(private_systemd, alerts):
     d = install_glmtts(private_systemd, free_port(), alerts)

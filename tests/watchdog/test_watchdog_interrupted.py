@@ -6,7 +6,6 @@ outcome, send the closing alert paired with the opened one, restart nothing twic
 leave the service healthy."""
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import yaml
 from glmtts.watchdog.cycle import EXIT_OK
 from glmtts.watchdog.incidents import IncidentLog
 from tests.support.service import REPO
-from tests.support.watchdog_fakes import AlertReceiver
+from tests.support.watchdog_fakes import AlertReceiver, alert_ids
 from tests.watchdog.test_watchdog_supervisord import Rig, main_pid
 
 pytestmark = pytest.mark.integration
@@ -112,17 +111,6 @@ def rig(tmp_path_factory):
     finally:
         r.stop()
         rx.__exit__(None, None, None)
-
-
-def alert_ids(received):
-    """incident id -> [what] for each alert (the body names the incident)."""
-    out = {}
-    for m in received:
-        found = re.search(r"incident (\S+) detected", m.get("message", ""))
-        what = re.search(r"glmtts \S+ (\w+):", m.get("title", ""))
-        if found and what:
-            out.setdefault(found.group(1), []).append(what.group(1))
-    return out
 
 
 @pytest.mark.parametrize("k", range(len(STEPS)), ids=[s if isinstance(s, str) else next(iter(s)) for s in STEPS])
