@@ -94,7 +94,7 @@ def test_batch_tab_rejects_a_non_audio_reference_wraps_the_report_plays_and_cann
             width, scroll = driver.execute_script(
                 "var e = arguments[0]; return [e.clientWidth, e.scrollWidth];", pre)
             assert scroll <= width + 1, (scroll, width)
-            assert "at most 120 characters" in pre.text and "twice as fast" in pre.text
+            assert "at most 120 characters" in pre.text and "speed 7 is out of range" in pre.text
             box = driver.execute_script("var r = arguments[0].getBoundingClientRect(); return [r.left, r.right];", pre)
             assert box[1] <= driver.execute_script("return window.innerWidth;")
 
