@@ -6,6 +6,8 @@ for the next cycle to judge."""
 
 import os
 
+import yaml
+
 from glmtts.watchdog.actions import ACTIONS
 from glmtts.watchdog.actions.base import Action
 
@@ -26,3 +28,20 @@ class SlowStep(Action):
 
     def manual(self, ctx, **params):
         return "(test step) %s" % params.get("action")
+
+
+def with_slow_step(text, k, marker, seconds=300.0):
+    """A runbook file's text with step k wrapped in SlowStep: the step runs as before
+    (its ``when`` stays the step's, not the wrapped action's), then ``marker`` is written
+    and the step sleeps ``seconds``."""
+    _, front, body = text.split("---", 2)
+    meta = yaml.safe_load(front)
+    step = meta["steps"][k]
+    action, params = (step, {}) if isinstance(step, str) else next(iter(step.items()))
+    params = dict(params or {})
+    wrapped = {"action": action, "args": {p: v for p, v in params.items() if p != "when"},
+               "seconds": seconds, "marker": marker}
+    if "when" in params:
+        wrapped["when"] = params["when"]
+    meta["steps"][k] = {SlowStep.name: wrapped}
+    return "---\n" + yaml.safe_dump(meta, allow_unicode=True, sort_keys=False) + "---" + body

@@ -24,6 +24,7 @@ import yaml
 from conftest import ROOT, TOOLS
 
 from glmtts.watchdog.actions.capture_diagnostics import DIAGNOSTICS_PROBE_S
+from tests.plugins.slow_step import with_slow_step
 from tests.support.watchdog_fakes import alert_ids
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
@@ -118,17 +119,7 @@ def slow_runbooks(d, k):
     for src in (ROOT / "runbooks").iterdir():
         text = src.read_text(encoding="utf-8")
         if src.name == "service-down.md":
-            _, front, body = text.split("---", 2)
-            meta = yaml.safe_load(front)
-            step = meta["steps"][k]
-            action, params = (step, {}) if isinstance(step, str) else next(iter(step.items()))
-            params = dict(params or {})
-            wrapped = {"action": action, "args": {p: v for p, v in params.items() if p != "when"},
-                       "seconds": 300.0, "marker": MARKER}
-            if "when" in params:  # `when` belongs to the step, not to the action it wraps
-                wrapped["when"] = params["when"]
-            meta["steps"][k] = {SLOW: wrapped}
-            text = "---\n" + yaml.safe_dump(meta, allow_unicode=True, sort_keys=False) + "---" + body
+            text = with_slow_step(text, k, MARKER)
         d.write("%s/%s" % (SLOW_RUNBOOKS, src.name), text)
 
 

@@ -17,6 +17,7 @@ import yaml
 
 from glmtts.watchdog.cycle import EXIT_OK
 from glmtts.watchdog.incidents import IncidentLog
+from tests.plugins.slow_step import with_slow_step
 from tests.support.service import REPO
 from tests.support.watchdog_fakes import AlertReceiver, alert_ids
 from tests.watchdog.test_watchdog_supervisord import Rig, main_pid
@@ -45,17 +46,7 @@ def runbooks_with_slow_step(root, k, marker):
         with open(os.path.join(src, name), encoding="utf-8") as f:
             text = f.read()
         if name == "service-down.md":
-            head, front, body = text.split("---", 2)
-            meta = yaml.safe_load(front)
-            step = meta["steps"][k]
-            action, params = (step, {}) if isinstance(step, str) else next(iter(step.items()))
-            params = dict(params or {})
-            wrapped = {"action": action, "args": {p: v for p, v in params.items() if p != "when"},
-                       "seconds": 300.0, "marker": marker}
-            if "when" in params:
-                wrapped["when"] = params["when"]
-            meta["steps"][k] = {SLOW: wrapped}
-            text = "---\n" + yaml.safe_dump(meta, allow_unicode=True, sort_keys=False) + "---" + body
+            text = with_slow_step(text, k, marker)
         with open(os.path.join(out, name), "w", encoding="utf-8") as f:
             f.write(text)
     return out
