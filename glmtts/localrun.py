@@ -387,7 +387,7 @@ def main(argv=None):
                    help="the checkout (ops/supervisord.conf, .venv)")
     p.add_argument("--port", type=int, help="prepare: write this server.port into glmtts.toml")
     args = p.parse_args(argv)
-    from .watchdog.host import Host
+    from .host import Host
     rundir, host = RunDir(args.run, args.root), Host()
     try:
         if args.verb == "prepare":

@@ -16,9 +16,8 @@ import os
 import zipfile
 from types import SimpleNamespace
 
-import requests
-
 from ..errors import GlmttsError
+from ..host import Host, HttpError
 from .schema import Problem
 from .validate import Report
 
@@ -44,20 +43,22 @@ def api_key(settings):
 
 
 class BatchClient:
-    def __init__(self, settings, *, url=None, key=None, timeout=60.0):
+    def __init__(self, settings, *, url=None, key=None, timeout=60.0, host=None):
         self.url = (url or service_url(settings)).rstrip("/")
         key = api_key(settings) if key is None else key
-        self.http = requests.Session()
-        if key:
-            self.http.headers["Authorization"] = "Bearer %s" % key
+        self.host = host or Host()  # sends the requests (glmtts/host/http.py)
+        self.headers = {"Authorization": "Bearer %s" % key} if key else {}
         self.timeout = timeout
+
+    def _request(self, method, path, timeout=None, **kw):
+        return self.host.request(method, self.url + path, timeout=timeout or self.timeout, headers=self.headers, **kw)
 
     def answers(self):
         """True when a glmtts service answers /healthz at self.url (ready or not: a
         loading service queues the job and runs it once warm)."""
         try:
-            r = self.http.get(self.url + "/healthz", timeout=PROBE_TIMEOUT_S)
-        except requests.RequestException:
+            r = self._request("GET", "/healthz", timeout=PROBE_TIMEOUT_S)
+        except HttpError:
             return False
         try:
             body = r.json()
@@ -66,16 +67,16 @@ class BatchClient:
         return isinstance(body, dict) and "status" in body
 
     def _check(self, r, what):
-        if r.status_code < 400:
+        if r.status < 400:
             return r
         try:
             err = r.json().get("error") or {}
             message = err.get("message") or r.text[:300]
         except (ValueError, AttributeError):
             message = r.text[:300]
-        if r.status_code in (401, 403):
+        if r.status in (401, 403):
             message += " (the CLI sends watchdog.api_key, else the first of server.api_keys)"
-        raise ServiceError("%s: the service at %s answered HTTP %d: %s" % (what, self.url, r.status_code, message))
+        raise ServiceError("%s: the service at %s answered HTTP %d: %s" % (what, self.url, r.status, message))
 
     def submit(self, path, *, skip_invalid=False):
         """(job dict, None) when the job was created, (None, Report) when the file is
@@ -83,12 +84,11 @@ class BatchClient:
         with open(path, "rb") as f:
             data = f.read()
         try:
-            r = self.http.post(self.url + "/v1/batches", params={"skip_invalid": "true"} if skip_invalid else None,
-                               files={"file": (os.path.basename(path), data, "application/x-ndjson")},
-                               timeout=self.timeout)
-        except requests.RequestException as e:
+            r = self._request("POST", "/v1/batches", params={"skip_invalid": "true"} if skip_invalid else None,
+                              files={"file": (os.path.basename(path), data, "application/x-ndjson")})
+        except HttpError as e:
             raise ServiceUnavailable("submitting to the service at %s failed: %s" % (self.url, e)) from None
-        if r.status_code == 422:
+        if r.status == 422:
             try:
                 report = r.json().get("report")
             except ValueError:
@@ -99,8 +99,8 @@ class BatchClient:
 
     def status(self, job_id):
         try:
-            r = self.http.get(self.url + "/v1/batches/%s" % job_id, timeout=self.timeout)
-        except requests.RequestException as e:
+            r = self._request("GET", "/v1/batches/%s" % job_id)
+        except HttpError as e:
             raise ServiceUnavailable("asking the service at %s about job %s failed: %s" % (self.url, job_id, e)) \
                 from None
         return self._check(r, "job %s" % job_id).json()
@@ -127,21 +127,20 @@ class BatchClient:
         """Extract the job's zip (outputs + manifest.json) into ``out_dir``; returns the
         names written."""
         try:
-            r = self.http.get(self.url + "/v1/batches/%s/archive" % job_id, timeout=self.timeout)
-        except requests.RequestException as e:
+            r = self._request("GET", "/v1/batches/%s/archive" % job_id)
+        except HttpError as e:
             raise ServiceUnavailable("downloading the outputs of job %s failed: %s" % (job_id, e)) from None
         self._check(r, "outputs of job %s" % job_id)
         os.makedirs(out_dir, exist_ok=True)
         names = []
-        with zipfile.ZipFile(io.BytesIO(r.content)) as z:
+        with zipfile.ZipFile(io.BytesIO(r.body)) as z:
             for info in z.infolist():
                 name = os.path.basename(info.filename)
                 if not name or name != info.filename:
                     continue  # the archive is flat; anything else is not ours to write
-                tmp = os.path.join(out_dir, ".%s.part" % name)
-                with z.open(info) as src, open(tmp, "wb") as dst:
-                    dst.write(src.read())
-                os.replace(tmp, os.path.join(out_dir, name))
+                with z.open(info) as src:
+                    self.host.atomic_write(os.path.join(out_dir, name), src.read(),
+                                           tmp=os.path.join(out_dir, ".%s.part" % name))
                 names.append(name)
         return names
 

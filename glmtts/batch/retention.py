@@ -11,12 +11,11 @@ glmtts/cachedir.py) are pruned by the same call with the same age, as "cache".
 
 import logging
 import os
-import shutil
 import time
 
 from .. import cachedir
 from . import states
-from .fsutil import Disk
+from ..host import Host
 from .store import JobStore
 
 log = logging.getLogger(__name__)
@@ -24,13 +23,13 @@ log = logging.getLogger(__name__)
 DAY = 86400.0
 
 
-def prune(settings, older_than_days=None, now=None, *, dry_run=False, disk=None):
+def prune(settings, older_than_days=None, now=None, *, dry_run=False, host=None):
     """Delete finished jobs older than ``older_than_days`` (default batch.retention_days).
     Returns {"pruned": [ids], "bytes_freed": n, "kept_outputs": [dirs], "unfinished": n,
     "errors": [...]}."""
     days = settings.batch.retention_days if older_than_days is None else float(older_than_days)
     now = time.time() if now is None else now
-    disk = disk or Disk()
+    host = host or Host()
     store = JobStore(settings)
     report = {"older_than_days": days, "pruned": [], "bytes_freed": 0, "kept_outputs": [], "unfinished": 0,
               "errors": [], "dry_run": dry_run}
@@ -48,12 +47,12 @@ def prune(settings, older_than_days=None, now=None, *, dry_run=False, disk=None)
             targets.append(out)
         elif os.path.isdir(out):
             report["kept_outputs"].append(out)
-        freed = sum(disk.dir_bytes(t) for t in targets if os.path.isdir(t))
+        freed = sum(host.dir_bytes(t) for t in targets if os.path.isdir(t))
         if not dry_run:
             try:
                 # outputs first: a job record without outputs is still listed and prunable
                 for target in reversed(targets):
-                    shutil.rmtree(target, ignore_errors=False) if os.path.isdir(target) else None
+                    host.remove(target) if os.path.isdir(target) else None
             except OSError as e:
                 report["errors"].append("%s: %s" % (job.id, e))
                 log.warning("batch prune: could not delete job %s: %s", job.id, e)

@@ -33,7 +33,8 @@ from .. import audio as audio_mod
 from ..engines.base import SynthesisRequest
 from ..errors import CudaFatalError, EngineOOMError, GlmttsError
 from . import states
-from .fsutil import Disk, is_disk_full, unlink_quietly
+from ..fsutil import is_disk_full, unlink_quietly
+from ..host import Host
 from .lease import INSTANCE, Heartbeat, Lease, LeaseLost, describe
 from .speed import Speed
 from .schema import DEFAULT_VOICE
@@ -80,13 +81,13 @@ def is_cuda_fatal(exc):
 
 
 class Runner:
-    def __init__(self, job, synthesizer, settings, *, disk=None, durable=True, stop=None, on_progress=None,
+    def __init__(self, job, synthesizer, settings, *, host=None, durable=True, stop=None, on_progress=None,
                  max_starts=3, backoff=(0.5, 10.0), clock=time.monotonic, wall=time.time, role="cli",
                  lease_s=None, node=None, voices=None):
         self.job = job
         self.synth = synthesizer
         self.settings = settings
-        self.disk = disk or Disk()
+        self.host = host or Host()  # outputs, free space, temp-file removal
         self.durable = durable
         self.stop = stop or threading.Event()
         self.on_progress = on_progress
@@ -158,7 +159,7 @@ class Runner:
         tasks = job.tasks
         if job.cancel_requested():
             return self._finish(states.CANCELLED, progress, "cancelled on request")
-        self._transition(states.RUNNING, None)
+        self._transition(states.RUNNING, None)  # queued/paused -> running, or running -> running (resumed)
         for task in tasks:
             if progress.finished(task.index):
                 continue
@@ -178,7 +179,7 @@ class Runner:
         return self._finish(states.DONE, progress, None)
 
     def _stopped(self):
-        # running -> queued: every finished task is journalled; the task in hand (if it
+        # running/paused -> queued: every finished task is journalled; the task in hand (if it
         # was abandoned) has no record, so whoever resumes the job redoes it.
         self._transition(states.QUEUED, "stopped; resumes on the next run")
         return self.job.summary()
@@ -235,7 +236,7 @@ class Runner:
 
         def write():
             self.lease.fence()
-            self.disk.write_output(path, data, tmp=tmp, sync=self.durable)
+            self.host.atomic_write(path, data, tmp=tmp, sync=self.durable)
         self._with_space(self.job.out_dir, len(data), write)
         duration = len(audio) / float(result.sample_rate)
         self.ran += 1
@@ -376,7 +377,8 @@ class Runner:
             self._transition(status, reason)
         except OSError as e:  # job.json itself may not fit now; the journal stays the truth
             log.warning("batch %s: could not record state %s: %s", self.job.id, status, e)
-            self.job.state["status"] = status
+            if self.job.status != status:  # the fence's lease write failed, not job.json's
+                self.job.transition(status, now=self.wall(), reason=reason, save=False)
 
     def _wait_for_space(self, where, needed):
         """Poll free space with a bounded backoff until the write can fit."""
@@ -388,7 +390,7 @@ class Runner:
             if self.job.cancel_requested():
                 raise Stopped()
             try:
-                free = self.disk.free_bytes(where)
+                free = self.host.free_bytes(where)
             except OSError:
                 free = 0
             if free >= needed + SPACE_MARGIN:
@@ -415,7 +417,7 @@ class Runner:
         for name in names:
             if pattern.fullmatch(name) and (only_mine or not token or not name.endswith(".%s.part" % token)):
                 log.info("batch %s: removing the partial output %s left by an interrupted run", self.job.id, name)
-                self.disk.remove(os.path.join(self.job.out_dir, name))
+                self.host.unlink_quietly(os.path.join(self.job.out_dir, name))
         if not only_mine:
             try:
                 names = os.listdir(self.job.dir)

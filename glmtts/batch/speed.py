@@ -6,7 +6,7 @@ import json
 import logging
 import os
 
-from .fsutil import atomic_write
+from ..fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 

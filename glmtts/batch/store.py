@@ -40,7 +40,8 @@ import time
 
 from ..errors import DiskFullError, InputError, NotFoundError
 from . import states
-from .fsutil import Disk, append_line, atomic_write, fsync_dir, is_disk_full
+from ..fsutil import append_line, atomic_write, fsync_dir, is_disk_full
+from ..host import Host
 from .lease import Lease, describe
 from .schema import Task
 from .validate import duration, human_bytes
@@ -70,7 +71,7 @@ def file_sha256(path):
 def check_output_space(settings, report, *, free_bytes=None):
     """Refuse a job whose outputs will not fit in paths.output_dir before anything is
     stored: DiskFullError (507) naming the directory, its free space, the estimate and
-    what to do. ``free_bytes(path)`` is statvfs (fsutil.Disk) unless a test passes
+    what to do. ``free_bytes(path)`` is statvfs (glmtts.host.Host) unless a test passes
     figures. Returns (needed, free). A job that fills the disk anyway pauses (runner)."""
     root = settings.paths.output_dir
     est = report.estimate or {}
@@ -78,7 +79,7 @@ def check_output_space(settings, report, *, free_bytes=None):
     where = os.path.abspath(root)
     while not os.path.isdir(where) and where != os.path.dirname(where):
         where = os.path.dirname(where)  # outputs/ not created yet: its filesystem is the parent's
-    free = (free_bytes or Disk().free_bytes)(where)
+    free = (free_bytes or Host().free_bytes)(where)
     if free >= needed:
         return needed, free
     raise DiskFullError(
@@ -210,22 +211,39 @@ class BatchJob:
         self.state.clear()
         self.state.update(state)
 
-    def transition(self, new, *, now=None, reason=None, **fields):
-        """The one place a job changes state (see states.py for the arrows)."""
-        old = self.state["status"]
+    def transition(self, new, *, now=None, reason=None, save=True):
+        """The one place a job changes state: states.JOB validates the arrow (an arrow not
+        in its table raises InvalidTransition, nothing changed), logs it and runs the new
+        state's entry effects, supplied here. ``save=False`` keeps the change in memory
+        only (job.json cannot be written now; the journal stays the truth). Returns the
+        old status."""
         now = time.time() if now is None else now
-        self.state.update(fields)
-        self.state["status"] = new
-        self.state["updated_at"] = now
-        if reason is not None:
-            self.state["reason"] = reason
-        if new == states.RUNNING and not self.state.get("started_at"):
-            self.state["started_at"] = now
-        if new in states.FINISHED:
-            self.state["finished_at"] = now
-        if old != new:
-            log.info("batch %s: %s -> %s%s", self.id, old, new, (" (%s)" % reason) if reason else "")
-        self.save()
+
+        def stamp(job, old, new, why):
+            job.state["updated_at"] = now
+            if why is not None:
+                job.state["reason"] = why
+
+        def started(job, old, new, why):
+            if not job.state.get("started_at"):
+                job.state["started_at"] = now
+
+        def finished(job, old, new, why):
+            job.state["finished_at"] = now
+
+        return states.JOB.advance(self, new, reason, {
+            "stamp": stamp, "started": started, "finished": finished,
+            "save": (lambda job, old, new, why: job.save()) if save else (lambda *a: None)})
+
+    def cancel(self, now=None):
+        """Cancel a job no live process runs (the caller checked ``locked_by_other``):
+        re-read job.json first, since a runner may have finished it after this object was
+        read. Returns False, changing nothing, when it is finished by now."""
+        self.reload()
+        if self.status in states.FINISHED:
+            return False
+        self.transition(states.CANCELLED, now=now, reason="cancelled on request")
+        return True
 
     def progress(self, repair=False):
         return Progress(self.state["tasks"], self.journal.replay(repair=repair))

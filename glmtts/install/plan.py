@@ -87,7 +87,7 @@ def install(host, deploy_dir, *, instances=(), start=True, dry_run=False, prefli
                         lambda: host.makedir(path, mode, resolve_uid(), resolve_gid()))
             else:
                 plan.do("create  %s %s (%s:%s %04o)" % (what, path, USER, GROUP, mode),
-                        lambda: host.write(path, "", mode, resolve_uid(), resolve_gid()))
+                        lambda: host.atomic_write(path, "", mode=mode, owner=(resolve_uid(), resolve_gid())))
         elif dry_run and user_missing:
             plan.ok("%s exists" % path)
         elif host.owner(path) != (resolve_uid(), resolve_gid(), mode):
@@ -116,7 +116,7 @@ def install(host, deploy_dir, *, instances=(), start=True, dry_run=False, prefli
             watched = ", ".join('"glmtts@%d=http://127.0.0.1:%d"' % (n, BASE_PORT + n) for n in instances)
             example = example.replace("instances = []", "instances = [%s]" % watched, 1)
         plan.do("create  %s from ops/glmtts.toml.example (root:%s 0640)" % (CONFIG_FILE, GROUP),
-                lambda: host.write(CONFIG_FILE, example, 0o640, 0, resolve_gid()))
+                lambda: host.atomic_write(CONFIG_FILE, example, mode=0o640, owner=(0, resolve_gid())))
     # the watchdog's identity towards the service (glmtts/watchdog_token.py): readable by
     # root (the watchdog) and the glmtts group (the service) only; kept across installs
     if host.exists(TOKEN_FILE):
@@ -127,14 +127,16 @@ def install(host, deploy_dir, *, instances=(), start=True, dry_run=False, prefli
             plan.ok("%s exists (kept)" % TOKEN_FILE)
     else:
         plan.do("create  %s (root:%s 0640, the watchdog's identity)" % (TOKEN_FILE, GROUP),
-                lambda: host.write(TOKEN_FILE, watchdog_token.new_token() + "\n", 0o640, 0, resolve_gid()))
+                lambda: host.atomic_write(TOKEN_FILE, watchdog_token.new_token() + "\n", mode=0o640,
+                                          owner=(0, resolve_gid())))
     for n in instances:
         env = "%s/instance-%d.env" % (ETC_DIR, n)
         if host.exists(env):
             plan.ok("%s exists (kept)" % env)
         else:
             plan.do("create  %s (port %d)" % (env, BASE_PORT + n),
-                    lambda env=env, n=n: host.write(env, instance_env_text(n), 0o640, 0, resolve_gid()))
+                    lambda env=env, n=n: host.atomic_write(env, instance_env_text(n), mode=0o640,
+                                                                   owner=(0, resolve_gid())))
 
     for d in (LOG_DIR, STATE_DIR, STATE_DIR + "/prompts", STATE_DIR + "/outputs"):
         owned(d, 0o750, True)
@@ -149,7 +151,8 @@ def install(host, deploy_dir, *, instances=(), start=True, dry_run=False, prefli
         if host.exists(path) and host.read(path) == text:
             plan.ok(path)
         else:
-            plan.do("%s %s" % ("update " if host.exists(path) else "install", path), host.write, path, text, mode)
+            plan.do("%s %s" % ("update " if host.exists(path) else "install", path),
+                    lambda path=path, text=text, mode=mode: host.atomic_write(path, text, mode=mode, owner=(0, 0)))
 
     written = {}  # path -> the text this install leaves there (None: removed); the preflight reads it
     # the drain's budget: a manager that kills sooner would cut queued requests off

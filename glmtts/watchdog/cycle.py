@@ -17,7 +17,7 @@ from . import checks, incidents, signatures
 from .actions import Context
 from .alerts import Alerter
 from .executor import run_runbook
-from .host import Host, ReadOnlyHost
+from ..host import Host, ReadOnlyHost
 from .incidents import Lifecycle
 from .instances import configured
 from .lock import CycleLock, NoLock
@@ -111,7 +111,7 @@ class Watchdog:
         return Probe(instance.url, wd.probe_timeout_s, wd.probe_retries, wd.probe_retry_interval_s,
                      loading_grace_s=wd.ready_timeout_s, api_key=wd.api_key,
                      sleep=self.host.clock.sleep, clock=self.host.clock.monotonic,
-                     token=watchdog_token.for_settings(self.settings))
+                     token=watchdog_token.for_settings(self.settings), http=self.host)
 
     def scan(self, state, path, keep=None):
         positions = state.section("scanner")

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 
 from ..config import stop_grace_s
-from .host import Completed
+from ..host import Completed
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import requests
-
 from .. import watchdog_token
+from ..host import Host, HttpError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,8 @@ class ProbeResult:
 
 class Probe:
     def __init__(self, url, timeout_s=10.0, retries=3, interval_s=5.0, loading_grace_s=600.0,
-                 api_key="", sleep=time.sleep, clock=time.monotonic, token=""):
+                 api_key="", sleep=time.sleep, clock=time.monotonic, token="", http=None):
+        """``http``: what sends the GET (the watchdog's Host; anything with its ``request``)."""
         self.url = url.rstrip("/") + "/healthz"
         self.timeout_s = timeout_s
         self.retries = max(1, retries)
@@ -62,12 +62,13 @@ class Probe:
             self.headers[watchdog_token.HEADER] = token
         self.sleep = sleep
         self.clock = clock
+        self.http = http or Host()
 
     def once(self):
         t0 = self.clock()
         try:
-            r = requests.get(self.url, timeout=self.timeout_s, headers=self.headers)
-        except requests.RequestException as e:
+            r = self.http.request("GET", self.url, timeout=self.timeout_s, headers=self.headers)
+        except HttpError as e:
             return ProbeResult(UNHEALTHY, self.url, reason=_short(e), attempts=1, latency_s=self.clock() - t0)
         latency = self.clock() - t0
         try:
@@ -77,8 +78,8 @@ class Probe:
         except ValueError:
             body = {}
         status = body.get("status")
-        if r.status_code == 200 and status in ("ok", None):
-            return ProbeResult(HEALTHY, self.url, r.status_code, status or "ok", attempts=1, latency_s=latency, body=body)
+        if r.status == 200 and status in ("ok", None):
+            return ProbeResult(HEALTHY, self.url, r.status, status or "ok", attempts=1, latency_s=latency, body=body)
         verdict = UNHEALTHY
         uptime = body.get("uptime_s")
         # A service that is still loading its model is not failing, until loading
@@ -87,7 +88,7 @@ class Probe:
             verdict = LOADING
         elif status == "draining":
             verdict = DRAINING
-        return ProbeResult(verdict, self.url, r.status_code, status, body.get("reason") or body.get("last_error"),
+        return ProbeResult(verdict, self.url, r.status, status, body.get("reason") or body.get("last_error"),
                            attempts=1, latency_s=latency, body=body)
 
     def check(self):

@@ -10,13 +10,13 @@ import pytest
 
 from glmtts import engines
 from glmtts.batch import states
-from glmtts.batch.fsutil import Disk
 from glmtts.batch.retention import prune
 from glmtts.batch.runner import EngineSynthesizer, Runner
 from glmtts.batch.store import JobStore, Journal
 from glmtts.batch.validate import validate_file
 from glmtts.errors import EngineOOMError
 from tests.support.batch import Sandbox, assert_speech
+from tests.support.host import RecordingHost
 
 _ENGINE = {}
 
@@ -130,28 +130,20 @@ def test_output_renamed_but_not_journalled_is_redone_once_and_temp_files_removed
     assert sorted(done) == [0, 1, 2]
 
 
-class FullDisk(Disk):
-    """The output disk reports ENOSPC for the first ``fail`` writes (the real-filesystem
-    version of this is in test_batch_durability.py)."""
-
-    def __init__(self, fail):
-        self.fail = fail
-        self.free_calls = 0
-
-    def write_output(self, path, data, *, tmp, sync=True):
-        if self.fail > 0:
-            self.fail -= 1
-            raise OSError(errno.ENOSPC, "No space left on device", tmp)
-        super().write_output(path, data, tmp=tmp, sync=sync)
-
-    def free_bytes(self, path):
-        self.free_calls += 1
-        return 0 if self.fail and self.free_calls < 3 else 10 << 30
+def full_disk(fail):
+    """The recording host whose output disk reports ENOSPC for the first ``fail`` writes and
+    no free space on the first two looks (the real-filesystem version of this is in
+    test_batch_durability.py)."""
+    host = RecordingHost()
+    host.fail("atomic_write", OSError(errno.ENOSPC, "No space left on device"), times=fail)
+    looks = []
+    host.free = lambda path: looks.append(path) or (0 if len(looks) < 3 else 10 << 30)
+    return host
 
 
 def test_enospc_pauses_without_failing_tasks_then_resumes(box, caplog):
     job = make_job(box, [box.task(i) for i in range(4)])
-    disk = FullDisk(fail=2)
+    host = full_disk(fail=2)
     states_seen = []
     orig = job.transition
 
@@ -159,10 +151,11 @@ def test_enospc_pauses_without_failing_tasks_then_resumes(box, caplog):
         states_seen.append(status)
         return orig(status, **kw)
     job.transition = spy
-    summary = Runner(job, EngineSynthesizer(espeak(box.settings)), box.settings, disk=disk, backoff=(0.01, 0.05)).run()
+    summary = Runner(job, EngineSynthesizer(espeak(box.settings)), box.settings, host=host, backoff=(0.01, 0.05)).run()
     assert summary["status"] == states.DONE and summary["progress"]["failed"] == 0
     assert outputs(job) == ["clip_%03d.wav" % i for i in range(4)]
     assert states_seen == [states.RUNNING, states.PAUSED, states.RUNNING, states.DONE]
+    assert host.names().count("atomic_write") == 4 + 2  # each refused write was retried once space came back
     assert "No space left on device" in caplog.text
 
 

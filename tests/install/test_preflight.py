@@ -10,6 +10,7 @@ import pytest
 
 from glmtts import install, preflight
 from glmtts.errors import EngineLoadError
+from tests.support.host import RecordingHost
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = "/srv/deploy"  # a rendered unit for a deploy tree somewhere else
@@ -93,25 +94,18 @@ def test_time_spans(span, expected):
     assert preflight.seconds(span) == expected
 
 
-class Tree:
-    """exists/read/listdir over a dict of path -> text (what unit_texts needs of a host)."""
-
-    def __init__(self, files):
-        self.files = files
-
-    def exists(self, p):
-        return p in self.files
-
-    def read(self, p):
-        return self.files[p]
-
-    def listdir(self, d):
-        return sorted(p.rsplit("/", 1)[1] for p in self.files if p.rsplit("/", 1)[0] == d)
+def tree_host(root, files, **kw):
+    """The recording host over a directory tree at ``root`` holding ``files`` (path -> text)."""
+    for p, text in files.items():
+        f = root / p.lstrip("/")
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    return RecordingHost(root, offline=False, **kw)
 
 
-def test_unit_texts_apply_drop_ins_by_name_and_the_installers_pending_writes():
+def test_unit_texts_apply_drop_ins_by_name_and_the_installers_pending_writes(tmp_path):
     etc = "/etc/systemd/system"
-    tree = Tree({etc + "/glmtts.service": UNIT, etc + "/glmtts.service.d/50-local.conf": "[Service]\nUser=local\n",
+    tree = tree_host(tmp_path, {etc + "/glmtts.service": UNIT, etc + "/glmtts.service.d/50-local.conf": "[Service]\nUser=local\n",
                  etc + "/glmtts.service.d/notes.txt": "ignored", "/run/systemd/system/glmtts.service.d/05-rt.conf": "[Service]\nNice=5\n"})
     texts = preflight.unit_texts(tree, "glmtts.service", {etc + "/glmtts.service.d/10-deploy-paths.conf": DROP_IN})
     assert texts == [UNIT, "[Service]\nNice=5\n", DROP_IN, "[Service]\nUser=local\n"]
@@ -231,19 +225,16 @@ def test_engines_check_with_the_unit_installed_uses_its_sandbox(tmp_path, monkey
     from glmtts import cli
     from glmtts.cli import engines as cmd_engines
 
-    class Host(Tree):
-        def run_preflight(self, cmd, timeout):
-            self.cmd = cmd
-            return 0, "glmtts-preflight: ok engine espeak loaded in 0.40 s; 'x' -> 0.51 s\n", ""
-
-    host = Host({"/etc/systemd/system/glmtts.service": UNIT})
+    host = tree_host(tmp_path, {"/etc/systemd/system/glmtts.service": UNIT}, answers={
+        "systemd-run": (0, "glmtts-preflight: ok engine espeak loaded in 0.40 s; 'x' -> 0.51 s\n", "")})
     monkeypatch.setattr(cmd_engines, "why_no_sandbox", lambda unit: None)
     monkeypatch.setattr(cmd_engines.os, "geteuid", lambda: 0)
     args = cli.build_parser().parse_args(["--config", "/etc/glmtts/x.toml", "engines", "check"])
     assert cmd_engines.run_check(args, host=host) == 0
     assert capsys.readouterr().out == ("preflight ok (glmtts.service's sandbox: user glmtts, ProtectSystem=strict): "
                                        "engine espeak loaded in 0.40 s; 'x' -> 0.51 s\n")
-    assert "--property=Environment=GLMTTS_CONFIG=/etc/glmtts/x.toml" in host.cmd
+    [(_, cmd, _)] = host.calls
+    assert "--property=Environment=GLMTTS_CONFIG=/etc/glmtts/x.toml" in cmd
     monkeypatch.setattr(cmd_engines.os, "geteuid", lambda: 1000)
     assert cli.main(["engines", "check"]) == 1
     assert "needs root: sudo glmtts engines check" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """Shared pieces for the watchdog tests (no tests here). Fakes stand in only where a
-unit test must not start the real service: a clock, a service manager that records what
-it was asked, and tiny HTTP servers (a health endpoint with a controllable answer, an
-alert receiver). The integration tests use the real service under a real supervisord."""
+unit test must not start the real service: the OS seam's recording host and its clock
+(tests/support/host.py), a service manager that records what it was asked, and tiny HTTP
+servers (a health endpoint with a controllable answer, an alert receiver). The integration
+tests use the real service under a real supervisord."""
 
 import io
 import json
@@ -14,26 +15,9 @@ import numpy as np
 import soundfile
 
 from glmtts import config
-from glmtts.watchdog.host import Completed, Host
+from glmtts.host import Completed
 from glmtts.watchdog.managers import RUNNING, UnitStatus
-
-
-class FakeClock:
-    """Time that moves only when slept on (or advanced)."""
-
-    def __init__(self, start=1_700_000_000.0):
-        self.t = start
-
-    def now(self):
-        return self.t
-
-    def monotonic(self):
-        return self.t
-
-    def sleep(self, s):
-        self.t += max(0.0, s)
-
-    advance = sleep
+from tests.support.host import FakeClock, RecordingHost  # noqa: F401 (the OS seam's fake, re-exported)
 
 
 class FakeManager:
@@ -191,21 +175,6 @@ def settings_for(tmp_path, url="http://127.0.0.1:9", **overrides):
     for d in ("state", "log", "outputs", "prompts"):
         os.makedirs(tmp_path / d, exist_ok=True)
     return s.replace(**base)
-
-
-class ClockedHost(Host):
-    """The real Host with an injected clock (and optional fake NVML / euid for GPU tests)."""
-
-    def __init__(self, clock=None, gpus=None, euid=None, nvidia_smi="nvidia-smi"):
-        super().__init__(clock=clock, nvidia_smi=nvidia_smi)
-        self._gpus = gpus
-        self._euid = euid
-
-    def gpus(self):
-        return list(self._gpus) if self._gpus is not None else []
-
-    def euid(self):
-        return self._euid if self._euid is not None else super().euid()
 
 
 def alert_ids(received):

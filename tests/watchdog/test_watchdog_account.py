@@ -162,11 +162,11 @@ def test_planned_restart_in_progress_and_a_stopped_unit_are_not_acted_on():
 # -- whole cycles -----------------------------------------------------------------------------
 
 def cycle_rig(tmp_path, srv, lines):
-    from tests.support.watchdog_fakes import ClockedHost, FakeClock, FakeManager, settings_for
+    from tests.support.watchdog_fakes import RecordingHost, FakeClock, FakeManager, settings_for
     from glmtts.watchdog.cycle import Watchdog
     mgr = FakeManager(pid=100)
     mgr.account_as = "supervisor"
-    wd = Watchdog(settings_for(tmp_path, url=srv.url), host=ClockedHost(FakeClock()), manager=mgr, runbooks=RUNBOOKS)
+    wd = Watchdog(settings_for(tmp_path, url=srv.url), host=RecordingHost(clock=FakeClock()), manager=mgr, runbooks=RUNBOOKS)
     assert wd.check().code == 0
     mgr.pid, mgr.account_lines = 200, lines
     return wd, mgr
@@ -217,14 +217,14 @@ def test_a_clean_planned_stop_without_an_exit_line_ends_its_run():
 
 
 def test_cycle_heals_a_fault_burst_then_backs_off_before_the_next(tmp_path):
-    from tests.support.watchdog_fakes import AlertReceiver, ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
+    from tests.support.watchdog_fakes import AlertReceiver, RecordingHost, FakeClock, FakeManager, HealthServer, settings_for
     from glmtts.watchdog.cycle import Watchdog
     with HealthServer(200) as srv, AlertReceiver() as rx:
         clock = FakeClock(2e9)
         mgr = FakeManager(pid=100)
         wd = Watchdog(settings_for(tmp_path, url=srv.url, watchdog__ready_timeout_s=3.0,
                                    alerts__urls=["json://127.0.0.1:%d/" % rx.port]),
-                      host=ClockedHost(clock), manager=mgr, runbooks=RUNBOOKS)
+                      host=RecordingHost(clock=clock), manager=mgr, runbooks=RUNBOOKS)
         wd.check()
 
         def heal():

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from glmtts.watchdog.actions import ACTIONS, Context
-from glmtts.watchdog.host import Host
+from glmtts.host import Host
 from glmtts.watchdog.incidents import Incident
 from glmtts.watchdog.instances import Instance
 from tests.support.watchdog_fakes import FakeManager, settings_for

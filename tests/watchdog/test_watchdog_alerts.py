@@ -8,7 +8,7 @@ from glmtts.watchdog.alerts import Alerter
 from glmtts.watchdog.cycle import Watchdog
 from glmtts.watchdog.incidents import IncidentLog
 from glmtts.watchdog.runbook import default_dir, load_all
-from tests.support.watchdog_fakes import AlertReceiver, ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
+from tests.support.watchdog_fakes import AlertReceiver, RecordingHost, FakeClock, FakeManager, HealthServer, settings_for
 
 
 def free_port():
@@ -48,7 +48,7 @@ def test_remediation_goes_on_when_the_alert_channel_is_down(tmp_path):
         clock = FakeClock()
         s = settings_for(tmp_path, url=srv.url, alerts__urls=[dead], alerts__timeout_s=1.0)
         mgr = FakeManager(on_restart=lambda: setattr(srv, "status_code", 200))
-        wd = Watchdog(s, host=ClockedHost(clock), manager=mgr, runbooks=load_all(default_dir()))
+        wd = Watchdog(s, host=RecordingHost(clock=clock), manager=mgr, runbooks=load_all(default_dir()))
         rep = wd.check()
         assert "recovered" in rep.summary() and ("restart", "glmtts") in mgr.calls
         [inc] = IncidentLog(os.path.join(s.paths.state_dir, "incidents.jsonl")).read()

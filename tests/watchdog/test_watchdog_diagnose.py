@@ -9,7 +9,7 @@ from glmtts.watchdog import diagnose
 from glmtts.watchdog.cycle import Watchdog
 from glmtts.watchdog.incidents import IncidentLog, incidents_path
 from glmtts.watchdog.runbook import default_dir, load_all
-from tests.support.watchdog_fakes import ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
+from tests.support.watchdog_fakes import RecordingHost, FakeClock, FakeManager, HealthServer, settings_for
 
 RUNBOOKS = load_all(default_dir())
 
@@ -23,7 +23,7 @@ def test_diagnose_follows_the_story_and_names_the_runbook_the_cycle_runs(tmp_pat
     with HealthServer(200) as srv:
         s = settings_for(tmp_path, url=srv.url, watchdog__ready_timeout_s=3.0)
         mgr = FakeManager(pid=100)
-        wd = Watchdog(s, host=ClockedHost(FakeClock()), manager=mgr, runbooks=RUNBOOKS)
+        wd = Watchdog(s, host=RecordingHost(clock=FakeClock()), manager=mgr, runbooks=RUNBOOKS)
         write(s, "2026-12-01T10:00:00.000Z ERROR service.worker: RuntimeError: CUDA error: an illegal memory access was encountered\n")
         item = diagnose.report(wd)["instances"][0]
         assert item["runbook_id"] == "cuda-fatal" and item["decision"] == "remediating"
@@ -54,7 +54,7 @@ def test_diagnose_follows_the_story_and_names_the_runbook_the_cycle_runs(tmp_pat
 def test_diagnose_says_nothing_is_wrong_when_nothing_is(tmp_path):
     with HealthServer(200) as srv:
         s = settings_for(tmp_path, url=srv.url)
-        wd = Watchdog(s, host=ClockedHost(FakeClock()), manager=FakeManager(pid=100), runbooks=RUNBOOKS)
+        wd = Watchdog(s, host=RecordingHost(clock=FakeClock()), manager=FakeManager(pid=100), runbooks=RUNBOOKS)
         wd.check()
         item = diagnose.report(wd)["instances"][0]
         assert item["decision"] == "ok" and item["runbook"] is None and item["now"] == "nothing is wrong now"

@@ -13,11 +13,11 @@ import pytest
 
 from glmtts.watchdog.alerts import Alerter
 from glmtts.watchdog.cycle import EXIT_OK, Watchdog
-from glmtts.watchdog.host import Completed, ReadOnlyHost, mutates
+from glmtts.host import ReadOnlyHost, mutates
 from glmtts.watchdog.incidents import IncidentLog
 from glmtts.watchdog.runbook import default_dir, load_all
 from tests.support.service import REPO
-from tests.support.watchdog_fakes import AlertReceiver, ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
+from tests.support.watchdog_fakes import AlertReceiver, RecordingHost, FakeClock, FakeManager, HealthServer, settings_for
 
 RUNBOOKS = load_all(default_dir())
 SEGFAULT = "Fatal Python error: Segmentation fault\n"
@@ -46,7 +46,7 @@ def rig(tmp_path):
         def heal():
             srv.status_code, mgr.pid = 200, 101
         mgr.on_restart = heal
-        real = Watchdog(s, host=ClockedHost(clock), manager=mgr, runbooks=RUNBOOKS)
+        real = Watchdog(s, host=RecordingHost(clock=clock), manager=mgr, runbooks=RUNBOOKS)
         assert real.check().code == EXIT_OK  # a real baseline: state, lock file, scanner offsets exist
         # an alert a down channel left in the spool: a dry run must not deliver it
         spool = os.path.join(s.paths.state_dir, "watchdog", "alert-spool")
@@ -62,14 +62,14 @@ def test_a_dry_run_cycle_changes_no_byte_sends_nothing_and_the_real_cycle_still_
         f.write(SEGFAULT)  # the fault: a crash line, and the service not answering
     srv.status_code = 503
     before = tree(s.paths.state_dir)
-    dry = Watchdog(s, host=ClockedHost(clock), manager=mgr, runbooks=RUNBOOKS, dry_run=True)
+    dry = Watchdog(s, host=RecordingHost(clock=clock), manager=mgr, runbooks=RUNBOOKS, dry_run=True)
     rep = dry.check()
     assert "segfault" in rep.summary() and "dry_run" in rep.summary(), rep.summary()
     assert "1 alert(s) spooled (a dry run sends none)" in rep.summary()
     assert tree(s.paths.state_dir) == before, "a dry run changed the state directory"
     assert rx.received == [] and mgr.calls == [] and dry.host.refused == []
 
-    real = Watchdog(s, host=ClockedHost(clock), manager=mgr, runbooks=RUNBOOKS)
+    real = Watchdog(s, host=RecordingHost(clock=clock), manager=mgr, runbooks=RUNBOOKS)
     rep = real.check()
     assert "segfault" in rep.summary() and "recovered" in rep.summary(), rep.summary()
     assert ("restart", "glmtts") in mgr.calls
@@ -85,7 +85,7 @@ def test_a_dry_run_leaves_an_unreadable_state_file_where_it_is(rig):
     with open(path, "w") as f:
         f.write("{not json")
     before = tree(s.paths.state_dir)
-    Watchdog(s, host=ClockedHost(clock), manager=mgr, runbooks=RUNBOOKS, dry_run=True).check()
+    Watchdog(s, host=RecordingHost(clock=clock), manager=mgr, runbooks=RUNBOOKS, dry_run=True).check()
     assert tree(s.paths.state_dir) == before  # a real cycle moves it to state.json.corrupt; a dry run does not
 
 
@@ -124,22 +124,11 @@ def test_which_commands_a_read_only_host_refuses(argv, changes):
 
 
 def test_a_read_only_host_refuses_signals_and_mutating_commands_and_reads_through():
-    class Recording:
-        def __init__(self):
-            self.ran, self.killed = [], []
-
-        def run(self, argv, timeout=60.0):
-            self.ran.append(argv)
-            return Completed(argv, 0, "ok")
-
-        def kill(self, pid, sig):
-            self.killed.append((pid, sig))
-
-        clock = "the clock"
-    inner = Recording()
+    clock = FakeClock()
+    inner = RecordingHost(clock=clock, answers={"systemctl": (0, "ok", "")})
     ro = ReadOnlyHost(inner)
-    assert ro.run(["systemctl", "restart", "glmtts"]).rc == 1 and inner.ran == []
+    assert ro.run(["systemctl", "restart", "glmtts"]).rc == 1 and inner.calls == []
     ro.kill(4242, signal.SIGKILL)
-    assert inner.killed == [] and ro.refused == [["systemctl", "restart", "glmtts"], ["kill", "-9", "4242"]]
-    assert ro.run(["systemctl", "show", "glmtts"]).out == "ok" and inner.ran == [["systemctl", "show", "glmtts"]]
-    assert ro.clock == "the clock"  # everything else is the real host's
+    assert inner.calls == [] and ro.refused == [["systemctl", "restart", "glmtts"], ["kill", "-9", "4242"]]
+    assert ro.run(["systemctl", "show", "glmtts"]).out == "ok" and inner.calls == [("run", ["systemctl", "show", "glmtts"])]
+    assert ro.clock is clock  # everything else is the real host's

@@ -1,5 +1,6 @@
-"""GPU actions against a FAKE nvidia-smi (a script on disk that records its arguments)
-and a FAKE NVML (the Host's gpus() seam): this machine has no GPU. On a GPU host the
+"""GPU actions against a FAKE nvidia-smi (a script on disk that records its arguments,
+which the recording host really runs: its "services" are real here) and a FAKE GPU list
+(the Host's gpus() seam, RecordingHost(gpus=...)): this machine has no GPU. On a GPU host the
 same code runs the real nvidia-smi and pynvml."""
 
 import os
@@ -9,12 +10,12 @@ import pytest
 
 from glmtts.watchdog.actions import Context
 from glmtts.watchdog.executor import run_runbook
-from glmtts.watchdog.host import GpuInfo
+from glmtts.host import GpuInfo
 from glmtts.watchdog.incidents import Incident
 from glmtts.watchdog.instances import Instance
 from glmtts.watchdog.runbook import default_dir, load_all
 from tests.support.service import REPO
-from tests.support.watchdog_fakes import ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
+from tests.support.watchdog_fakes import RecordingHost, FakeClock, FakeManager, HealthServer, settings_for
 
 RUNBOOKS = load_all(default_dir())
 
@@ -33,7 +34,7 @@ def run_gpu_xid(tmp_path, xid, reset_rc=0, gpus=None, euid=0, gpu_reset=True):
     gpus = gpus if gpus is not None else [GpuInfo(0, "NVIDIA A100", "GPU-1", "00000000:3B:00.0", 500, 40000, [])]
     with HealthServer(200) as srv:
         s = settings_for(tmp_path, url=srv.url, watchdog__gpu_reset=gpu_reset)
-        host = ClockedHost(FakeClock(), gpus=gpus, euid=euid, nvidia_smi=smi)
+        host = RecordingHost(clock=FakeClock(), gpus=gpus, euid=euid, nvidia_smi=smi, real=("files", "http", "services"))
         mgr = FakeManager()
         line = "kernel: NVRM: Xid (PCI:0000:3b:00): %d, pid=4242, name=python" % xid
         inc = Incident("i1", "glmtts", srv.url, 0.0, ["gpu_xid"], [{"signature": "gpu_xid", "line": line, "path": "kern", "at": None}])
@@ -100,7 +101,7 @@ def test_the_watchdog_and_the_service_read_one_nvml_seam_and_agree(tmp_path, mon
     import sys
 
     from glmtts import gpu
-    from glmtts.watchdog.host import Host
+    from glmtts.host import Host
     spec = importlib.util.spec_from_file_location("pynvml", os.path.join(REPO, "tests", "support", "fake_nvml", "pynvml.py"))
     fake = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fake)

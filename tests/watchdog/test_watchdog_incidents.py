@@ -11,13 +11,13 @@ from glmtts.watchdog.actions import Context
 from glmtts.watchdog.actions.capture_diagnostics import DIAGNOSTICS_PROBE_S, CaptureDiagnostics
 from glmtts.watchdog.actions.restart import Restart
 from glmtts.watchdog.cycle import EXIT_OK, EXIT_WARNING, Watchdog
-from glmtts.watchdog.host import Completed, Host
+from glmtts.host import Host
 from glmtts.watchdog.incidents import Incident, IncidentLog, Lifecycle, fold
 from glmtts.watchdog.instances import configured
 from glmtts.watchdog.managers import RUNNING, STARTING, SystemdManager
 from glmtts.watchdog.runbook import default_dir, load_all
 from glmtts.watchdog.states import IncidentState
-from tests.support.watchdog_fakes import ClockedHost, FakeClock, FakeManager, HealthServer, settings_for
+from tests.support.watchdog_fakes import RecordingHost, FakeClock, FakeManager, HealthServer, settings_for
 
 RUNBOOKS = load_all(default_dir())
 
@@ -82,21 +82,10 @@ def test_times_outage_and_verification_are_separate():
 
 # -- whole cycles against fakes -------------------------------------------------------
 
-class SignalRecordingHost(ClockedHost):
-    """Fake pids must never reach os.kill: signals are recorded, every pid is gone."""
-
-    def __init__(self, clock):
-        super().__init__(clock)
-        self.kills = []
-
-    def kill(self, pid, sig):
-        self.kills.append((pid, sig))
-
-    def alive(self, pid):
-        return False
-
-    def descendants(self, pid):
-        return []
+def signal_recording_host(clock):
+    """Fake pids must never reach os.kill: the recording host keeps signals in its calls,
+    and its process table is empty (every pid is gone)."""
+    return RecordingHost(clock=clock, pids=set())
 
 
 @pytest.fixture
@@ -105,7 +94,7 @@ def rig(tmp_path):
         clock = FakeClock()
         s = settings_for(tmp_path, url=srv.url, watchdog__ready_timeout_s=3.0, watchdog__probe_timeout_s=2.0)
         mgr = FakeManager(pid=None)
-        wd = Watchdog(s, host=SignalRecordingHost(clock), manager=mgr, runbooks=RUNBOOKS)
+        wd = Watchdog(s, host=signal_recording_host(clock), manager=mgr, runbooks=RUNBOOKS)
         yield wd, srv, mgr, clock, s
 
 
@@ -187,7 +176,7 @@ def test_dry_run_reports_an_open_incident_without_closing_it(rig):
 
 def ctx_for(s, mgr, clock, inc):
     inst = configured(s, mgr)[0]
-    return Context(s, inst, SignalRecordingHost(clock), mgr, inc)
+    return Context(s, inst, signal_recording_host(clock), mgr, inc)
 
 
 def test_restart_is_skipped_when_the_manager_replaced_the_killed_process(tmp_path):
@@ -249,13 +238,10 @@ def test_diagnostics_of_a_hung_service_use_a_short_probe(tmp_path):
 def test_systemd_times_come_from_the_monotonic_properties(tmp_path):
     clock = FakeClock(start=1000.0)
 
-    class H(ClockedHost):
-        def run(self, argv, timeout=60.0):
-            out = ("ExecMainStartTimestampMonotonic=950000000\nExecMainExitTimestampMonotonic=0\n"
-                   "ActiveEnterTimestampMonotonic=960000000\nActiveExitTimestampMonotonic=940000000\nActiveState=active\n")
-            return Completed(argv, 0, out)
+    out = ("ExecMainStartTimestampMonotonic=950000000\nExecMainExitTimestampMonotonic=0\n"
+           "ActiveEnterTimestampMonotonic=960000000\nActiveExitTimestampMonotonic=940000000\nActiveState=active\n")
     # FakeClock: now == monotonic, so monotonic seconds read as epoch seconds
-    t = SystemdManager(H(clock)).times("glmtts")
+    t = SystemdManager(RecordingHost(clock=clock, answers={"systemctl show": (0, out, "")})).times("glmtts")
     assert t == {"main_exited_at": 940.0, "active_since": 960.0}
 
 

@@ -12,7 +12,7 @@ import requests
 
 from glmtts import config, watchdog_token
 from glmtts.watchdog.actions import ACTIONS, Context
-from glmtts.watchdog.host import Host
+from glmtts.host import Host
 from glmtts.watchdog.incidents import Incident
 from glmtts.watchdog.instances import Instance
 from tests.support.service import FAULT_ENGINE, ServiceProcess

@@ -1,7 +1,7 @@
 """What the managers' own tools print, parsed without a manager: recorded `systemctl show`
-output of systemd 252 and `supervisorctl status` output of supervisor 4.2, fed through a
-host that answers recorded output (the recording seam; the real outputs were captured from
-the private systemd of tests/system and the real supervisord of
+output of systemd 252 and `supervisorctl status` output of supervisor 4.2, fed through the
+recording host answering recorded output (tests/support/host.py; the real outputs were
+captured from the private systemd of tests/system and the real supervisord of
 tests/watchdog/test_watchdog_supervisord.py). The system tests exercise the same parsers live."""
 
 import sys
@@ -9,22 +9,17 @@ import sys
 import pytest
 
 from glmtts.watchdog import managers as M
-from glmtts.watchdog.host import Completed
+from tests.support.host import FakeClock, RecordingHost
 
 
-class RecordedHost:
-    """run() answers the recorded (rc, stdout, stderr) of the first key its argv contains."""
+def recorded_host(answers, now=1_800_000_000.0, mono=5_000.0):
+    """The recording host answering the recorded (rc, stdout, stderr) of the longest argv
+    prefix that matches, on a host up for ``mono`` seconds at ``now``."""
+    return RecordingHost(clock=FakeClock(now, mono=mono), answers=answers)
 
-    def __init__(self, answers, now=1_800_000_000.0, mono=5_000.0):
-        self.answers, self.ran = answers, []
-        self.clock = type("C", (), {"now": lambda s: now, "monotonic": lambda s: mono})()
 
-    def run(self, argv, timeout=60.0):
-        self.ran.append(list(argv))
-        for key, (rc, out, err) in self.answers.items():
-            if key in " ".join(argv):
-                return Completed(list(argv), rc, out, err)
-        return Completed(list(argv), 1, "", "not recorded: %s" % argv)
+def ran(host):
+    return [c[1] for c in host.calls if c[0] == "run"]
 
 
 def show(**props):
@@ -54,7 +49,7 @@ ACTIVE = show(LoadState="loaded", ActiveState="active", SubState="running", Resu
     ("", 1, M.UNKNOWN, None, None),  # systemctl could not talk to PID 1
 ])
 def test_systemctl_show_is_read_as_the_unit_state(out, rc, state, pid, restarts):
-    host = RecordedHost({"systemctl show glmtts": (rc, out, "Failed to connect to bus" if rc else "")})
+    host = recorded_host({"systemctl show glmtts": (rc, out, "Failed to connect to bus" if rc else "")})
     st = M.SystemdManager(host).status("glmtts")
     assert (st.state, st.main_pid, st.restarts) == (state, pid, restarts), st
 
@@ -64,7 +59,7 @@ def test_systemd_times_come_from_the_monotonic_timestamps():
     out = show(ExecMainStartTimestampMonotonic="4990000000", ExecMainExitTimestampMonotonic="0",
                ActiveEnterTimestampMonotonic="4994500000", ActiveExitTimestampMonotonic="4980000000",
                ActiveState="active")
-    host = RecordedHost({"systemctl show glmtts": (0, out, "")}, now=1_800_000_000.0, mono=5_000.0)
+    host = recorded_host({"systemctl show glmtts": (0, out, "")}, now=1_800_000_000.0, mono=5_000.0)
     t = M.SystemdManager(host).times("glmtts")
     offset = 1_800_000_000.0 - 5_000.0
     assert t["active_since"] == pytest.approx(offset + 4994.5)
@@ -74,7 +69,7 @@ def test_systemd_times_come_from_the_monotonic_timestamps():
 def test_systemd_ready_time_of_an_older_process_is_not_the_current_ones():
     out = show(ExecMainStartTimestampMonotonic="4995000000", ExecMainExitTimestampMonotonic="0",
                ActiveEnterTimestampMonotonic="4900000000", ActiveExitTimestampMonotonic="0", ActiveState="active")
-    t = M.SystemdManager(RecordedHost({"systemctl show glmtts": (0, out, "")})).times("glmtts")
+    t = M.SystemdManager(recorded_host({"systemctl show glmtts": (0, out, "")})).times("glmtts")
     assert "active_since" not in t  # entered active before this main process started: not its READY
 
 
@@ -95,10 +90,10 @@ SUP = "supervisor.supervisorctl"
     ("glmtts-other                     RUNNING   pid 5, uptime 0:00:09\n", 0, M.UNKNOWN, None),  # not ours
 ])
 def test_supervisorctl_status_is_read_as_the_program_state(out, rc, state, pid):
-    host = RecordedHost({SUP: (rc, out, "")})
+    host = recorded_host({(sys.executable, "-m", SUP): (rc, out, "")})
     st = M.SupervisorManager(host, "/etc/supervisor/glmtts.conf").status("glmtts")
     assert (st.state, st.main_pid) == (state, pid), st
-    [argv] = host.ran
+    [argv] = ran(host)
     assert argv[:3] == [sys.executable, "-m", SUP] and argv[3:] == ["-c", "/etc/supervisor/glmtts.conf", "status", "glmtts"]
 
 
@@ -117,7 +112,7 @@ RECORDED_SYSTEMD_JOURNAL = [
 
 
 def test_the_systemd_journal_tells_a_planned_restart_from_a_crash():
-    events = M.SystemdManager(RecordedHost({})).account(RECORDED_SYSTEMD_JOURNAL, "glmtts")
+    events = M.SystemdManager(recorded_host({})).account(RECORDED_SYSTEMD_JOURNAL, "glmtts")
     kinds = [e.kind for e in events]
     assert kinds == [M.STOP_REQUESTED, M.STARTING, M.READY, M.EXITED, M.RESULT, M.AUTO_RESTART, M.STARTING, M.READY]
     assert events[3].detail == "code=killed, status=9/KILL" and events[5].detail == "1"
@@ -136,7 +131,7 @@ RECORDED_SUPERVISORD_LOG = [
 
 
 def test_the_supervisord_log_tells_a_planned_restart_from_a_crash():
-    events = M.SupervisorManager(RecordedHost({}), "").account(RECORDED_SUPERVISORD_LOG, "glmtts")
+    events = M.SupervisorManager(recorded_host({}), "").account(RECORDED_SUPERVISORD_LOG, "glmtts")
     kinds = [e.kind for e in events]
     assert M.STOPPED_ON_REQUEST in kinds and M.EXITED in kinds and M.START_LIMIT in kinds, kinds
     stopped = kinds.index(M.STOPPED_ON_REQUEST)
@@ -148,16 +143,16 @@ def test_the_supervisord_log_tells_a_planned_restart_from_a_crash():
 def test_systemd_restart_and_start_queue_the_job_and_wait_ready_waits_for_the_model():
     """A start job lasts until READY=1 (a GLM-TTS load takes minutes, after a drain of up to
     the stop budget): the watchdog queues it and its wait_ready step does the waiting."""
-    host = RecordedHost({"systemctl": (0, "", "")})
+    host = recorded_host({"systemctl": (0, "", "")})
     sd = M.SystemdManager(host)
     sd.restart("glmtts")
     sd.start("glmtts")
-    assert ["systemctl", "restart", "--no-block", "glmtts"] in host.ran
-    assert host.ran[-2:] == [["systemctl", "reset-failed", "glmtts"], ["systemctl", "start", "--no-block", "glmtts"]]
+    assert ["systemctl", "restart", "--no-block", "glmtts"] in ran(host)
+    assert ran(host)[-2:] == [["systemctl", "reset-failed", "glmtts"], ["systemctl", "start", "--no-block", "glmtts"]]
 
 
 def test_a_stop_may_take_the_stop_budget_of_the_configured_drain():
     from glmtts import config
     s = config.load(path="", env={"GLMTTS_SERVER_DRAIN_TIMEOUT_S": "300"})
-    assert M.detect(s.replace(watchdog__manager="systemd"), RecordedHost({})).stop_timeout_s == config.stop_grace_s(s) + 30 == 345
-    assert M.SupervisorManager(RecordedHost({}), "").stop_timeout_s == config.stop_grace_s() + 30
+    assert M.detect(s.replace(watchdog__manager="systemd"), recorded_host({})).stop_timeout_s == config.stop_grace_s(s) + 30 == 345
+    assert M.SupervisorManager(recorded_host({}), "").stop_timeout_s == config.stop_grace_s() + 30

@@ -12,7 +12,7 @@ from glmtts.watchdog.incidents import IncidentLog
 from glmtts.watchdog.lock import CycleLock
 from glmtts.watchdog.runbook import default_dir, load_all
 from glmtts.watchdog.states import InvalidTransition, IncidentState, incident_transition
-from tests.support.watchdog_fakes import FakeClock, FakeManager, HealthServer, ClockedHost, settings_for
+from tests.support.watchdog_fakes import FakeClock, FakeManager, HealthServer, RecordingHost, settings_for
 
 RUNBOOKS = load_all(default_dir())
 
@@ -94,7 +94,7 @@ def rig(tmp_path):
         clock = FakeClock()
         s = settings_for(tmp_path, url=srv.url, watchdog__max_remediations=2, watchdog__ready_timeout_s=3.0)
         mgr = FakeManager()
-        wd = Watchdog(s, host=ClockedHost(clock), manager=mgr, runbooks=RUNBOOKS)
+        wd = Watchdog(s, host=RecordingHost(clock=clock), manager=mgr, runbooks=RUNBOOKS)
         yield wd, srv, mgr, clock, s
 
 
@@ -207,7 +207,7 @@ def test_dry_run_changes_nothing(rig):
     from tests.watchdog.test_watchdog_dryrun import tree
     wd, srv, mgr, clock, s = rig
     before = tree(s.paths.state_dir)
-    dry = Watchdog(s, host=ClockedHost(clock), manager=mgr, runbooks=RUNBOOKS, dry_run=True)
+    dry = Watchdog(s, host=RecordingHost(clock=clock), manager=mgr, runbooks=RUNBOOKS, dry_run=True)
     rep = dry.check()
     assert "dry_run" in rep.summary() and "service-down" in rep.summary(), rep.summary()
     assert mgr.calls == [] and incidents(s) == [] and tree(s.paths.state_dir) == before

@@ -16,7 +16,7 @@ import requests
 from glmtts.watchdog.actions.capture_diagnostics import DIAGNOSTICS_PROBE_S
 from glmtts.watchdog import diagnose
 from glmtts.watchdog.cycle import EXIT_OK, EXIT_WARNING, Watchdog
-from glmtts.watchdog.host import Host
+from glmtts.host import Host
 from glmtts.watchdog.incidents import IncidentLog
 from glmtts.watchdog.managers import SupervisorManager
 from tests.support.service import FAULT_ENGINE, REPO, free_port

@@ -33,7 +33,7 @@ class StepResult:
 class Context:
     settings: object
     instance: object          # instances.Instance
-    host: object              # host.Host
+    host: object              # glmtts.host.Host (ReadOnlyHost in a dry run)
     manager: object           # managers.*Manager
     incident: object = None   # incidents.Incident (steps may add to it)
     dry_run: bool = False
@@ -47,7 +47,7 @@ class Context:
         return Probe(self.instance.url, timeout_s, retries, wd.probe_retry_interval_s,
                      loading_grace_s=wd.ready_timeout_s, api_key=wd.api_key,
                      sleep=self.host.clock.sleep, clock=self.host.clock.monotonic,
-                     token=watchdog_token.for_settings(self.settings)).check()
+                     token=watchdog_token.for_settings(self.settings), http=self.host).check()
 
 
 class Action:

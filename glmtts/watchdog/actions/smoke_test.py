@@ -6,10 +6,10 @@ import io
 import math
 
 import numpy as np
-import requests
 import soundfile
 
 from ... import watchdog_token
+from ...host import HttpError
 from .base import FAILED, OK, Action, StepResult
 
 MIN_DBFS = -50.0
@@ -48,14 +48,15 @@ class SmokeTest(Action):
         headers.update(watchdog_token.headers(ctx.settings))
         t0 = clock.monotonic()
         try:
-            r = requests.post(ctx.instance.url + "/v1/audio/speech", headers=headers, timeout=wd.smoke_timeout_s + 5,
-                              json={"model": "glmtts", "input": text, "response_format": "wav"})
-        except requests.RequestException as e:
+            r = ctx.host.request("POST", ctx.instance.url + "/v1/audio/speech", headers=headers,
+                                 timeout=wd.smoke_timeout_s + 5,
+                                 json={"model": "glmtts", "input": text, "response_format": "wav"})
+        except HttpError as e:
             return StepResult(FAILED, "smoke synthesis request failed: %s" % str(e)[:200])
         latency = clock.monotonic() - t0
-        if r.status_code != 200:
-            return StepResult(FAILED, "smoke synthesis answered HTTP %d: %s" % (r.status_code, r.text[:200]))
-        ok, detail, facts = check_audio(r.content, text)
+        if r.status != 200:
+            return StepResult(FAILED, "smoke synthesis answered HTTP %d: %s" % (r.status, r.text[:200]))
+        ok, detail, facts = check_audio(r.body, text)
         facts["latency_s"] = round(latency, 3)
         if ok and latency > wd.smoke_timeout_s:
             ok, detail = False, "too slow: %.1f s > watchdog.smoke_timeout_s %.0f s" % (latency, wd.smoke_timeout_s)
