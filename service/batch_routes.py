@@ -235,7 +235,7 @@ class BatchService:
             return job
         job.request_cancel()
         if not job.locked_by_other() and (self.current is None or self.current.id != job.id):
-            job.transition(states.CANCELLED, reason="cancelled on request")
+            job.cancel()  # False (nothing changed) when a runner finished it meanwhile
         return job
 
 

@@ -33,12 +33,24 @@ import time
 
 import uvicorn
 
+from glmtts.machine import Machine
+
 from .errors import NotReadyError, error_response
 
 log = logging.getLogger(__name__)
 
 SERVING, DELAY, FINISHING, EXPIRED, DONE = "serving", "delay", "finishing", "expired", "done"
 DRAINING = (DELAY, FINISHING, EXPIRED)
+# The arrows above, and what entering a state does: "done" stamps done_at, then every
+# state runs the hooks its owner registered (DrainGate closes the listener on finishing,
+# the runtime answers the leftovers 503 on expired).
+DRAIN = Machine("drain", {
+    SERVING: (DELAY,),
+    DELAY: (FINISHING,),
+    FINISHING: (DONE, EXPIRED),
+    EXPIRED: (DONE,),
+}, entry={DELAY: ("hooks",), FINISHING: ("hooks",), EXPIRED: ("hooks",), DONE: ("stamp_done", "hooks")},
+   levels={EXPIRED: logging.WARNING}, key=lambda d: None, log=log)
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 TICK_S = 0.1
 # After the deadline the leftovers' 503s take milliseconds to write; a waiter that has not
@@ -93,12 +105,14 @@ class Drain:
         return max(1, int(math.ceil(self.delay_s)))
 
     def _transition(self, state, now, note):
-        log.log(logging.WARNING if state == EXPIRED else logging.INFO, "drain %s -> %s: %s", self.state, state, note)
-        self.state = state
-        if state == DONE:
-            self.done_at = now
-        for effect in self.on_enter.get(state, ()):
-            effect(self)
+        def stamp_done(drain, *_):
+            drain.done_at = now
+
+        def hooks(drain, old, new, reason):
+            for effect in self.on_enter.get(new, ()):
+                effect(drain)
+
+        DRAIN.advance(self, state, note, {"stamp_done": stamp_done, "hooks": hooks})
 
     def begin(self, now, why, pending=0, ready=True):
         """The signal. Returns False if a drain is already under way (a second signal)."""

@@ -13,10 +13,25 @@ import json
 import logging
 import threading
 
+from glmtts.machine import Machine
+
 log = logging.getLogger(__name__)
 
-# UiGate.state: OFF (server.ui = false, never mounted), STARTING -> READY | FAILED.
+# UiGate.state: OFF (server.ui = false, never mounted), STARTING -> READY | FAILED;
+# changed only through UiGate._transition, which runs GATE.
 OFF, STARTING, READY, FAILED = "off", "starting", "ready", "failed"
+
+GATE = Machine("ui", {
+    STARTING: (
+        READY,     # starting -> ready: built, its lifespan started, "/" routed to it
+        FAILED,    # starting -> failed: the build or its start raised; the API keeps serving
+    ),
+    FAILED: (
+        READY,     # failed -> ready: the start outlived start_building's 60 s wait, then succeeded
+    ),
+    # ready: no arrow out (off is never entered: no gate exists when server.ui = false)
+}, entry={READY: ("note",), FAILED: ("note",)}, levels={FAILED: logging.ERROR}, log=log)
+
 RETRY_AFTER_S = 3
 
 _PAGE = ("<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='%d'>"
@@ -33,9 +48,10 @@ class UiGate:
         self._stack = None
 
     def _transition(self, state, reason):
-        level = logging.ERROR if state == FAILED else logging.INFO
-        log.log(level, "ui %s -> %s%s", self.state, state, ": %s" % reason if reason else "")
-        self.state, self.reason = state, reason
+        GATE.advance(self, state, reason, {"note": self._note})
+
+    def _note(self, gate, old, new, reason):
+        self.reason = reason  # what "/" answers with while not ready
 
     async def __call__(self, scope, receive, send):
         if self._target is not None:
@@ -59,6 +75,9 @@ class UiGate:
         await send({"type": "http.response.body", "body": body})
 
     def fail(self, reason):
+        if self.state == READY:  # the start outlived the 60 s wait but succeeded: it serves
+            log.warning("ui: ready already, not marking it failed (%s)", reason)
+            return
         self._transition(FAILED, reason)  # starting -> failed: API unaffected, UI needs a restart
 
     async def open(self, shell, asgi_app):

@@ -30,6 +30,7 @@ import numpy as np
 from glmtts import gpu
 from glmtts.engines.base import SynthesisRequest, SynthesisResult
 from glmtts.errors import CudaFatalError, EngineError, EngineOOMError, GlmttsError, MemoryPressureError
+from glmtts.machine import Machine
 
 from .errors import NotReadyError, QueueFullError, SynthesisTimeout
 
@@ -43,9 +44,14 @@ WATCHDOG, INTERACTIVE, BATCH = -1, 0, 1
 PRIORITY_NAMES = {WATCHDOG: "watchdog", INTERACTIVE: "interactive", BATCH: "batch"}
 WATCHDOG_SLOTS = 2
 
-# States (worker.state); transitions only through Worker._transition.
+# States (worker.state); changed only through Worker._transition, which runs WORKER.
 LOADING, OK, FAILED = "loading", "ok", "failed"
 DEGRADED = "degraded"  # derived: OK but a job stalled, never stored
+
+WORKER = Machine("worker", {
+    LOADING: (OK, FAILED),  # loading -> ok: loaded and warm; loading -> failed: load/warm-up raised, the process exits
+    OK: (FAILED,),          # ok -> failed: a fatal CUDA error; only a new process recovers (failed: no way out)
+}, entry={OK: ("report",), FAILED: ("report",)}, levels={FAILED: logging.CRITICAL}, log=log)
 
 
 class Cancelled(GlmttsError):
@@ -106,12 +112,12 @@ class Worker:
     # -- state ------------------------------------------------------------------------
 
     def _transition(self, state, reason):
-        if state != self.state:
-            level = logging.CRITICAL if state == FAILED else logging.INFO
-            log.log(level, "worker %s -> %s: %s", self.state, state, reason or "-")
-        self.state, self.reason = state, reason
+        WORKER.advance(self, state, reason, {"report": self._report})
+
+    def _report(self, worker, old, new, reason):
+        self.reason = reason  # what /healthz says beside the state
         if self.metrics:
-            self.metrics.set_state(state)
+            self.metrics.set_state(new)
 
     def fail(self, reason):
         self._transition(FAILED, reason)  # ok/loading -> failed: only a restart recovers

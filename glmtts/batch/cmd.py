@@ -320,7 +320,9 @@ def cmd_cancel(args):
         return EXIT_OK
     job.request_cancel()
     if not job.locked_by_other():
-        job.transition(states.CANCELLED, reason="cancelled on request")
+        if not job.cancel():  # a runner finished it meanwhile: finished jobs stay finished
+            print("job %s is already %s" % (job.id, job.status))
+            return EXIT_OK
         print("job %s cancelled" % job.id)
     else:
         print("job %s: cancellation requested; it stops after the task in progress" % job.id)

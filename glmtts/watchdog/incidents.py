@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .. import fsutil
 from . import signatures
-from .states import INCIDENT_TERMINAL, IncidentState, incident_transition
+from .states import INCIDENT, INCIDENT_TERMINAL, IncidentState
 
 log = logging.getLogger(__name__)
 
@@ -253,12 +253,15 @@ def fold(records):
 
 
 class Lifecycle:
-    """The one place an incident changes state: ``advance(incident, state, reason)``
-    validates the arrow (states.INCIDENT_TRANSITIONS), logs it by meaning, and runs that
-    state's entry effects from one table, ``ENTRY``, in its order:
+    """The one place an incident changes state: ``advance(incident, state, reason)`` runs
+    the incident's machine (states.INCIDENT: glmtts/machine.py), which validates the arrow,
+    logs it by meaning, records it in ``history`` and runs that state's entry effects from
+    one table, ``states.INCIDENT.entry`` (``ENTRY`` here), in its order. This class
+    supplies them:
 
-    - ``close``: the closing hooks (what a remediation itself caused, the final times),
-      before a terminal state is journaled, so the record and the alert carry them;
+    - ``close``: ``ended_at``, and the closing hooks (what a remediation itself caused, the
+      final times), before a terminal state is journaled, so the record and the alert
+      carry them;
     - ``journal``: the record, whole, appended before any other effect (write-ahead: a
       watchdog killed right after leaves a record the next cycle can close);
     - ``guard_escalate`` / ``guard_verified``: the remediation guard (``guard``, the
@@ -268,15 +271,7 @@ class Lifecycle:
     A dry run journals, guards and alerts nothing. The executor only runs steps and says
     how they ended; the cycle (and `runbook exec`) ask the lifecycle to advance."""
 
-    ENTRY = {
-        IncidentState.REMEDIATING: ("journal", "alert"),
-        IncidentState.WARNING: ("close", "journal", "alert"),
-        IncidentState.RECOVERED: ("close", "journal", "guard_verified", "alert"),
-        IncidentState.FAILED: ("close", "journal", "alert"),
-        IncidentState.ESCALATED: ("close", "journal", "guard_escalate", "alert"),
-        IncidentState.DRY_RUN: ("close", "journal"),
-        IncidentState.INTERRUPTED: ("close", "journal", "alert"),
-    }
+    ENTRY = INCIDENT.entry
     ALERT_AS = {IncidentState.REMEDIATING: "opened", IncidentState.RECOVERED: IncidentState.RECOVERED,
                 IncidentState.FAILED: IncidentState.FAILED, IncidentState.ESCALATED: IncidentState.ESCALATED,
                 IncidentState.WARNING: IncidentState.WARNING, IncidentState.INTERRUPTED: IncidentState.INTERRUPTED}
@@ -288,6 +283,9 @@ class Lifecycle:
         self.dry_run = dry_run
         self.guard = guard      # escalate(unit, reason, incident_id, now), verified(unit, runbook_id)
         self.closing = []       # hooks run once, as the incident reaches a terminal state
+        self.effects = {"close": self._close, "journal": lambda inc, old, new, reason: self.save(inc),
+                        "guard_escalate": self._guard_escalate, "guard_verified": self._guard_verified,
+                        "alert": self._alert}
 
     def save(self, inc):
         if self.journal is not None and not self.dry_run:
@@ -298,25 +296,30 @@ class Lifecycle:
         self.save(inc)
 
     def advance(self, inc, new, reason):
-        closing = new in INCIDENT_TERMINAL and inc.state not in INCIDENT_TERMINAL
-        incident_transition(inc, new, reason)  # raises on an arrow the table does not have
-        if new in INCIDENT_TERMINAL:
-            inc.ended_at = inc.ended_at or self.clock()
-            inc.current_step = None
-        for effect in self.ENTRY.get(new, ("journal",)):
-            if effect == "close" and closing:
-                for hook in self.closing:
-                    hook(inc)
-                self.closing = []
-            elif effect == "journal":
-                self.save(inc)
-            elif effect == "guard_escalate" and self.guard is not None and not self.dry_run:
-                self.guard.escalate(inc.unit, inc.reason or reason, inc.id, self.clock())
-            elif effect == "guard_verified" and self.guard is not None and not self.dry_run and inc.runbook:
-                self.guard.verified(inc.unit, inc.runbook)
-            elif effect == "alert" and self.alerter is not None and not self.dry_run:
-                self.alert(inc, self.ALERT_AS[new])
-                self.save(inc)  # the alert's result, so the next cycle knows what was sent
+        INCIDENT.advance(inc, new, reason, self.effects)  # raises on an arrow the table does not have
+
+    # -- entry effects (names in states.INCIDENT.entry) ----------------------------------
+
+    def _close(self, inc, old, new, reason):
+        inc.ended_at = inc.ended_at or self.clock()
+        inc.current_step = None
+        if old not in INCIDENT_TERMINAL:
+            for hook in self.closing:
+                hook(inc)
+            self.closing = []
+
+    def _guard_escalate(self, inc, old, new, reason):
+        if self.guard is not None and not self.dry_run:
+            self.guard.escalate(inc.unit, inc.reason or reason, inc.id, self.clock())
+
+    def _guard_verified(self, inc, old, new, reason):
+        if self.guard is not None and not self.dry_run and inc.runbook:
+            self.guard.verified(inc.unit, inc.runbook)
+
+    def _alert(self, inc, old, new, reason):
+        if self.alerter is not None and not self.dry_run:
+            self.alert(inc, self.ALERT_AS[new])
+            self.save(inc)  # the alert's result, so the next cycle knows what was sent
 
     def remediate(self, inc, runbook, run_steps):
         """opened -> remediating -> the state the steps ended in. ``run_steps()`` (the

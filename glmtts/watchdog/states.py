@@ -1,10 +1,17 @@
-"""States of incidents and of the remediation guard, changed only through transition().
+"""States of incidents and of the remediation guard, and their machines (glmtts/machine.py):
+an incident changes state only through ``INCIDENT.advance`` (incidents.py Lifecycle), the
+guard only through ``guard_transition``; an arrow not in the table raises InvalidTransition.
 
 Dependency-free on purpose (supervisor's states.py habit): the policy, the executor and
 the CLI all agree on these names, and every change is logged in one place.
 """
 
 import logging
+
+from ..machine import InvalidTransition, Machine
+
+__all__ = ["IncidentState", "GuardState", "INCIDENT_TERMINAL", "INCIDENT", "GUARD", "INCIDENT_TRANSITIONS",
+           "GUARD_TRANSITIONS", "InvalidTransition", "incident_transition", "guard_transition"]
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +37,11 @@ INCIDENT_TERMINAL = (IncidentState.RECOVERED, IncidentState.FAILED, IncidentStat
                      IncidentState.WARNING, IncidentState.DRY_RUN, IncidentState.INTERRUPTED,
                      IncidentState.PLANNED)
 
-INCIDENT_TRANSITIONS = {
+# The incident's table: every arrow, and what entering each state does. The effect
+# names are the lifecycle's (incidents.py Lifecycle supplies them, in this order):
+# close (closing hooks, ended_at), journal (write-ahead record), guard_escalate /
+# guard_verified (the remediation guard), alert.
+INCIDENT = Machine("incident", {
     IncidentState.OPENED: (
         IncidentState.REMEDIATING,   # opened -> remediating: a runbook was chosen and allowed
         IncidentState.WARNING,       # opened -> warning: e.g. an OOM line while /healthz is fine
@@ -44,38 +55,31 @@ INCIDENT_TRANSITIONS = {
         IncidentState.DRY_RUN,       # remediating -> dry_run: `runbook exec --dry-run`
         IncidentState.INTERRUPTED,   # remediating -> interrupted: the cycle died mid-runbook
     ),
-}
+}, entry={
+    IncidentState.REMEDIATING: ("journal", "alert"),
+    IncidentState.WARNING: ("close", "journal", "alert"),
+    IncidentState.RECOVERED: ("close", "journal", "guard_verified", "alert"),
+    IncidentState.FAILED: ("close", "journal", "alert"),
+    IncidentState.ESCALATED: ("close", "journal", "guard_escalate", "alert"),
+    IncidentState.DRY_RUN: ("close", "journal"),
+    IncidentState.INTERRUPTED: ("close", "journal", "alert"),
+}, levels={IncidentState.FAILED: logging.WARNING, IncidentState.ESCALATED: logging.WARNING}, log=log)
 
-GUARD_TRANSITIONS = {
+GUARD = Machine("guard", {
     GuardState.ARMED: (GuardState.ESCALATED,),     # armed -> escalated: limit spent or runbook escalated
     GuardState.ESCALATED: (GuardState.ARMED,),     # escalated -> armed: a human ran `resume`
-}
+}, levels={GuardState.ESCALATED: logging.WARNING}, log=log)
 
-
-class InvalidTransition(Exception):
-    pass
-
-
-def transition(thing, new, reason, table, kind):
-    """Move ``thing.state`` to ``new`` if ``table`` allows it; log it; return the old state.
-    A transition to the current state is a no-op."""
-    old = thing.state
-    if old == new:
-        return old
-    if new not in table.get(old, ()):
-        raise InvalidTransition("%s %s: %s -> %s is not allowed" % (kind, getattr(thing, "key", "?"), old, new))
-    level = logging.WARNING if new in (IncidentState.FAILED, IncidentState.ESCALATED) else logging.INFO
-    log.log(level, "%s %s: %s -> %s (%s)", kind, getattr(thing, "key", "?"), old, new, reason)
-    thing.state = new
-    history = getattr(thing, "history", None)
-    if history is not None:
-        history.append({"from": old, "to": new, "reason": reason})
-    return old
+# The tables as plain dicts, for readers that only look (tests, docs).
+INCIDENT_TRANSITIONS = INCIDENT.arrows
+GUARD_TRANSITIONS = GUARD.arrows
 
 
 def incident_transition(incident, new, reason):
-    return transition(incident, new, reason, INCIDENT_TRANSITIONS, "incident")
+    """The arrow alone (checked, recorded, logged), without the lifecycle's entry effects:
+    only incidents.py Lifecycle changes an incident's state (INCIDENT.advance)."""
+    return INCIDENT.change(incident, new, reason)
 
 
 def guard_transition(guard, new, reason):
-    return transition(guard, new, reason, GUARD_TRANSITIONS, "guard")
+    return GUARD.change(guard, new, reason)

@@ -99,7 +99,7 @@ def test_supervisorctl_stop_under_load_loses_nothing_and_exits_0(tmp_path):
     sup_log = (run_dir / "log" / "supervisord.log").read_text()
     assert "stopped: glmtts (exit status 0)" in sup_log, sup_log[-2000:]
     err = (run_dir / "log" / "error.log").read_text()
-    assert "Traceback" not in err and "drain finishing -> done" in err, err[-3000:]
+    assert "Traceback" not in err and "drain: finishing -> done" in err, err[-3000:]
     assert "with SIGKILL" not in sup_log, sup_log[-2000:]  # never needed the kill after stopwaitsecs
     assert re.search(r"waiting for glmtts to stop", sup_log), sup_log[-2000:]
     assert "exited: glmtts" not in sup_log.split("spawned: 'glmtts' with pid %d" % pid)[-1], "a stop, not a crash"

@@ -16,6 +16,20 @@ from tests.support.service import FAULT_ENGINE, ServiceProcess
 # -- the state machine ----------------------------------------------------------------------
 
 
+def test_a_drain_arrow_outside_its_table_raises_and_changes_nothing():
+    """service/drain.py DRAIN is the one table: a finished drain never serves again, and
+    no state is skipped (the listener closes on finishing, always)."""
+    from glmtts.machine import InvalidTransition
+    from service.drain import DRAIN, SERVING
+    assert DRAIN.pairs == [(SERVING, DELAY), (DELAY, FINISHING), (FINISHING, DONE), (FINISHING, EXPIRED),
+                           (EXPIRED, DONE)]
+    d = Drain(delay_s=0, timeout_s=1)
+    for bad in (FINISHING, EXPIRED, DONE):
+        with pytest.raises(InvalidTransition, match="serving -> %s" % bad):
+            d._transition(bad, 1.0, "skipping")
+        assert d.state == SERVING and d.done_at is None
+
+
 def test_drain_walks_delay_finishing_done_in_time():
     d = Drain(delay_s=5, timeout_s=60)
     entered = []
@@ -152,7 +166,7 @@ def test_sigterm_under_load_finishes_every_queued_request_and_exits_0(tmp_path):
     assert exited_after < DELAY_S + 12 * 0.5 + 20, exited_after
     err = svc.stderr()
     no_trouble_in(err)
-    assert "drain finishing -> done" in err and "0 answered 503 at the deadline" in err, err[-3000:]
+    assert "drain: finishing -> done" in err and "0 answered 503 at the deadline" in err, err[-3000:]
     access = svc.stdout()
     assert access.count("POST /v1/audio/speech 200") >= 12, access[-3000:]
 
@@ -179,7 +193,7 @@ def test_drain_timeout_answers_the_leftovers_503_never_500(tmp_path):
     assert report["queued_ok"] + report["queued_503_draining"] == 12, report
     err = svc.stderr()
     no_trouble_in(err)
-    assert "drain finishing -> expired" in err, err[-3000:]
+    assert "drain: finishing -> expired" in err, err[-3000:]
     # every leftover was answered by the deadline's 503 (plus any late request the server
     # admitted in the moment before it acted on the signal)
     expired = int(re.search(r"(\d+) answered 503 at the deadline", err).group(1))
@@ -221,13 +235,13 @@ def test_the_watchdog_reads_a_drain_as_a_planned_stop_not_an_incident(tmp_path):
     from glmtts.watchdog.cycle import Watchdog
     from glmtts.watchdog.incidents import IncidentLog, incidents_path
     from glmtts.watchdog.runbook import default_dir, load_all
-    from tests.support.watchdog_fakes import ClockedHost, FakeClock, FakeManager, settings_for
+    from tests.support.watchdog_fakes import RecordingHost, FakeClock, FakeManager, settings_for
 
     svc = slow_service(tmp_path, slow_s=1.0, delay_s=DELAY_S, timeout_s=60)
     svc.start()
     try:
         mgr = FakeManager(pid=svc.pid)  # a recording stand-in for systemctl / supervisorctl
-        wd = Watchdog(settings_for(tmp_path / "wd", url=svc.url), host=ClockedHost(FakeClock()), manager=mgr,
+        wd = Watchdog(settings_for(tmp_path / "wd", url=svc.url), host=RecordingHost(clock=FakeClock()), manager=mgr,
                       runbooks=load_all(default_dir()))
         assert wd.check().code == 0
         load = DrainLoad(svc.url, n=8)

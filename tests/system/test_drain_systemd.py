@@ -71,7 +71,7 @@ def test_systemctl_stop_under_load_drains_and_exits_0(deployed):
     assert unit["Result"] == "success" and unit["ExecMainStatus"] == "0", unit
     assert stopped_after < budget / 2, "well within TimeoutStopSec=%d: %.1f s" % (budget, stopped_after)
     assert stopped_after >= DELAY_S, stopped_after
-    assert "Traceback" not in new_log and "drain finishing -> done" in new_log, new_log[-3000:]
+    assert "Traceback" not in new_log and "drain: finishing -> done" in new_log, new_log[-3000:]
     assert all(i.get("kind") == "planned" for i in incidents), incidents  # nothing remedied, nobody paged
     record_recovery("drain: systemctl stop under load", stopped_after,
                     "%d queued at SIGTERM, %d completed, %d late refused 503 draining, 0 5xx; TimeoutStopSec=%d"

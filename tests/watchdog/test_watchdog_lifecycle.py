@@ -1,15 +1,17 @@
-"""The incident lifecycle (glmtts/watchdog/incidents.py Lifecycle) walked arrow by arrow:
-every arrow of states.INCIDENT_TRANSITIONS journals the record, runs exactly the entry
-effects of its target state (closing hooks, guard, alert), and every arrow outside the
-table is refused. And no module but the lifecycle changes an incident's state."""
+"""The incident lifecycle (glmtts/watchdog/incidents.py Lifecycle, running states.INCIDENT,
+a glmtts/machine.py Machine) walked arrow by arrow: every arrow of the table journals the
+record, runs exactly the entry effects of its target state (closing hooks, guard, alert),
+and every arrow outside the table is refused. And no module but the lifecycle changes an
+incident's state."""
 
 import ast
+import logging
 import pathlib
 
 import pytest
 
 from glmtts.watchdog.incidents import Incident, Lifecycle
-from glmtts.watchdog.states import INCIDENT_TERMINAL, INCIDENT_TRANSITIONS, IncidentState, InvalidTransition
+from glmtts.watchdog.states import INCIDENT, INCIDENT_TERMINAL, INCIDENT_TRANSITIONS, IncidentState, InvalidTransition
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ARROWS = [(old, new) for old, targets in INCIDENT_TRANSITIONS.items() for new in targets]
@@ -121,6 +123,18 @@ def test_the_table_has_no_dead_states_and_every_target_has_entry_effects():
     assert IncidentState.PLANNED in INCIDENT_TERMINAL  # a planned record is written whole, never advanced
 
 
+def test_the_lifecycle_runs_the_machines_one_table_and_logs_failures_as_warnings(caplog):
+    assert Lifecycle.ENTRY is INCIDENT.entry and INCIDENT_TRANSITIONS == INCIDENT.arrows
+    lc, inc, journal, alerter, guard = rig()
+    assert {n for names in INCIDENT.entry.values() for n in names} == set(lc.effects)  # one callable per name
+    caplog.set_level(logging.INFO, "glmtts.watchdog.states")
+    lc.advance(inc, IncidentState.REMEDIATING, "runbook service-down")
+    lc.advance(inc, IncidentState.FAILED, "smoke test failed")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "incident inc-1: opened -> remediating (runbook service-down)"),
+        ("WARNING", "incident inc-1: remediating -> failed (smoke test failed)")]
+
+
 def test_a_dry_run_lifecycle_journals_guards_and_alerts_nothing():
     journal, alerter, guard = Journal(), Alerter(), Guard()
     lc = Lifecycle(journal, alerter, dry_run=True, guard=guard)
@@ -136,19 +150,25 @@ def _modules():
 
 
 def test_no_module_but_the_lifecycle_changes_an_incidents_state():
-    """incident_transition() is called only by Lifecycle.advance; the executor asks nobody
-    to advance (it only runs steps); nothing assigns an incident's ``state`` by hand."""
+    """Only Lifecycle (incidents.py) runs the incident's machine (INCIDENT.advance); nothing
+    calls incident_transition (the bare arrow, without effects); the executor asks nobody to advance (it only
+    runs steps); nothing in the watchdog assigns a ``state`` by hand (the machine does)."""
     offenders = []
     for path, tree in _modules():
         rel = path.relative_to(ROOT).as_posix()
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
                 name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
-                if name == "incident_transition" and rel != "glmtts/watchdog/incidents.py":
+                owner = getattr(node.func, "value", None)
+                owner = getattr(owner, "id", None) or getattr(owner, "attr", None)
+                if name == "incident_transition":  # the bare arrow (tests only): skips every effect
                     offenders.append("%s:%d calls incident_transition" % (rel, node.lineno))
+                if owner == "INCIDENT" and name in ("advance", "change") and rel not in (
+                        "glmtts/watchdog/incidents.py", "glmtts/watchdog/states.py"):
+                    offenders.append("%s:%d runs the incident's machine" % (rel, node.lineno))
                 if name == "advance" and rel == "glmtts/watchdog/executor.py":
                     offenders.append("%s:%d advances an incident" % (rel, node.lineno))
-            if isinstance(node, ast.Assign) and rel.startswith("glmtts/watchdog/") and rel != "glmtts/watchdog/states.py":
+            if isinstance(node, ast.Assign) and rel.startswith("glmtts/watchdog/"):
                 for t in node.targets:
                     if isinstance(t, ast.Attribute) and t.attr == "state":
                         offenders.append("%s:%d assigns .state" % (rel, node.lineno))
