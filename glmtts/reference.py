@@ -9,6 +9,7 @@ import os
 import sys
 
 from . import errors
+from .generated import sync
 from .watchdog import cycle, signatures
 from .watchdog.runbook import default_dir, for_signature, load_all
 
@@ -67,28 +68,8 @@ def main(argv=None):
     p.add_argument("--write", action="store_true", help="rewrite the files (default: print them)")
     p.add_argument("--check", action="store_true", help="exit 1 if a file is stale")
     args = p.parse_args(argv)
-    stale = []
-    for name, render in DOCS.items():
-        path = os.path.join(directory(), name)
-        text = render()
-        try:
-            with open(path, encoding="utf-8") as f:
-                current = f.read()
-        except FileNotFoundError:
-            current = None
-        if current != text:
-            stale.append(path)
-        if args.write and current != text:
-            from .fsutil import atomic_write
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            atomic_write(path, text.encode("utf-8"))
-            print("updated %s" % path)
-        elif not args.write and not args.check:
-            sys.stdout.write(text)
-    if args.check and stale:
-        print("stale: %s" % ", ".join(stale))
-        return 1
-    return 0
+    return sync([(os.path.join(directory(), name), render()) for name, render in DOCS.items()],
+                write=args.write, check=args.check, hint=" (run `python -m glmtts.reference --write`)")
 
 
 if __name__ == "__main__":

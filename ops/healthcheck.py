@@ -8,5 +8,5 @@ import sys
 if __name__ == "__main__":
     # Run from a deploy tree without installing: make the repository importable.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from glmtts.watchdog.cli import main
+    from glmtts.cli.watchdog import main
     sys.exit(main())

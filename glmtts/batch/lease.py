@@ -43,18 +43,17 @@ Filesystems without hard links (some FUSE and SMB mounts) are refused with an er
 """
 
 import errno
-import fcntl
 import json
 import logging
 import os
 import re
 import secrets
-import socket
 import threading
 import time
 
 from ..errors import GlmttsError
 from ..fsutil import fsync_dir, unlink_quietly, write_file
+from .node import this_node
 
 log = logging.getLogger(__name__)
 
@@ -87,61 +86,6 @@ def describe(owner):
         return "an unknown process"
     return "%s (instance %s, pid %s on %s)" % (owner.get("role") or "?", owner.get("instance") or "?",
                                                owner.get("pid") or "?", owner.get("host") or "?")
-
-
-class Node:
-    """The machine and kernel this process runs on, for the dead-owner test. Two owners
-    are on one node when host name and kernel boot id agree; only then is an flock a
-    reliable sign of life (containers of one kernel share locks, hosts may not)."""
-
-    def __init__(self, proc_root="/proc", hostname=socket.gethostname):
-        self.host = hostname()
-        try:
-            with open(os.path.join(proc_root, "sys/kernel/random/boot_id")) as f:
-                self.boot_id = f.read().strip() or None
-        except OSError:
-            self.boot_id = None  # unknown: every other owner counts as remote (expiry only)
-
-    def same(self, owner):
-        return bool(self.boot_id) and owner.get("host") == self.host and owner.get("boot_id") == self.boot_id
-
-    def hold(self, path):
-        """Create and flock the liveness file; the fd stays open while we own the lease."""
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    def drop(self, fd):
-        os.close(fd)
-
-    def gone(self, path):
-        """True when no live process holds the liveness lock at ``path``."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return True  # its owner released or was taken over (it is created before the lease)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return True  # closing the fd drops our probe lock
-        except OSError:
-            return False
-        finally:
-            os.close(fd)
-
-
-_NODE = []
-
-
-def this_node():
-    if not _NODE:
-        _NODE.append(Node())
-    return _NODE[0]
 
 
 class Lease:

@@ -7,16 +7,15 @@ file, reloads systemd, runs the preflight (the configured engine loaded and hear
 inside glmtts.service's own sandbox, see glmtts/preflight.py) and enables the watchdog
 timer. Every step is printed; running it twice changes nothing the second time.
 
-All OS side effects go through one object, ``Host``: ``--dry-run`` prints the plan
+All OS side effects go through one object, ``glmtts.host.Host``: ``--dry-run`` prints the plan
 without calling its mutating methods, ``--root DIR`` points every path (and useradd,
 groupadd, systemctl) at a directory tree, and unit tests replace it with a fake.
 
-The package: layout (where things go), host (the one OS seam), units (rendering), plan
-(install, uninstall, preflight), cli (the console script).
+The package: layout (where things go), units (rendering), plan
+(install, uninstall, preflight); the console script is glmtts/cli/system/.
 """
 
-from .cli import build_parser, main, parse_instances  # noqa: F401
-from .host import Host  # noqa: F401
+from ..host import Host  # noqa: F401 (glmtts/host: the one OS seam)
 from .layout import *  # noqa: F401,F403
 from .layout import OpsError, _under, default_deploy_dir  # noqa: F401
 from .plan import Plan, install, run_preflight, uninstall  # noqa: F401

@@ -51,7 +51,7 @@ class Kernel:
 
 
 class FakeNode:
-    """Stands in for lease.Node (no real flock): a host on a Kernel."""
+    """Stands in for node.Node (glmtts/batch/node.py; no real flock): a host on a Kernel."""
 
     def __init__(self, kernel, host="node-a"):
         self.kernel = kernel

@@ -161,18 +161,25 @@ def by_replica(shared, job_id, svc):
     return [r["task"] for r in shared.done(job_id) if r["by"].startswith("service:%d/" % svc.port)]
 
 
+def job_running_on_one_of_two(shared, n, finished=8, other_host=None):
+    """Two replicas (``b`` on another host if ``other_host``), one job of n tasks submitted
+    to ``a`` and ``finished`` of its tasks done: (job id, the replica holding its lease,
+    the other one)."""
+    a = shared.replica("a")
+    b = shared.replica("b", other_host=other_host)
+    job_id = submit(a, n, "Clip %d.")
+    wait_for(lambda: len(shared.done(job_id)) >= finished, 120, "%d finished tasks" % finished)
+    first = shared.holder(job_id)
+    assert first is not None, "nobody holds the running job's lease"
+    return job_id, first, (b if first is a else a)
+
+
 def test_kill_9_on_another_host_the_lease_expires_and_the_other_replica_finishes_the_job(tmp_path):
     fleet.require_root("a replica with its own host name (unshare --uts)")
     shared = Shared(tmp_path, lease_s=3)
     n = 30
     try:
-        a = shared.replica("a")
-        b = shared.replica("b", other_host="replica-b.test")
-        job_id = submit(a, n, "Clip %d.")
-        wait_for(lambda: len(shared.done(job_id)) >= 8, 120, "8 finished tasks")
-        first = shared.holder(job_id)
-        assert first is not None, "nobody holds the running job's lease"
-        second = b if first is a else a
+        job_id, first, second = job_running_on_one_of_two(shared, n, other_host="replica-b.test")
         first.proc.kill()  # SIGKILL, by the PID we started: no release, no checkpoint
         first.proc.wait(30)
         killed_at = time.time()
@@ -210,12 +217,7 @@ def test_kill_9_on_the_same_node_the_other_replica_takes_over_at_once(tmp_path):
     shared = Shared(tmp_path, lease_s=30)  # long: a take-over within seconds cannot be the expiry
     n = 30
     try:
-        a = shared.replica("a")
-        b = shared.replica("b")
-        job_id = submit(a, n, "Clip %d.")
-        wait_for(lambda: len(shared.done(job_id)) >= 8, 120, "8 finished tasks")
-        first = shared.holder(job_id)
-        second = b if first is a else a
+        job_id, first, second = job_running_on_one_of_two(shared, n)
         first.proc.kill()
         first.proc.wait(30)
         killed_at = time.time()
@@ -237,12 +239,7 @@ def test_a_frozen_replica_loses_its_lease_and_once_woken_commits_nothing(tmp_pat
     shared = Shared(tmp_path, lease_s=3)
     n = 30
     try:
-        a = shared.replica("a")
-        b = shared.replica("b")
-        job_id = submit(a, n, "Clip %d.")
-        wait_for(lambda: len(shared.done(job_id)) >= 8, 120, "8 finished tasks")
-        first = shared.holder(job_id)
-        second = b if first is a else a
+        job_id, first, second = job_running_on_one_of_two(shared, n)
         os.kill(first.proc.pid, signal.SIGSTOP)  # alive (its flock held) but not renewing: a hung host
         frozen = shared.lease(job_id)
         frozen_done = len(shared.done(job_id))
@@ -298,12 +295,7 @@ def test_sigterm_drains_the_replica_and_the_other_takes_the_job_over_at_once(tmp
     shared = Shared(tmp_path, lease_s=30, slow=0.2)
     n = 30
     try:
-        a = shared.replica("a")
-        b = shared.replica("b", other_host="replica-b.test")
-        job_id = submit(a, n, "Clip %d.")
-        wait_for(lambda: len(shared.done(job_id)) >= 5, 120, "5 finished tasks")
-        first = shared.holder(job_id)
-        second = b if first is a else a
+        job_id, first, second = job_running_on_one_of_two(shared, n, finished=5, other_host="replica-b.test")
         t0 = time.monotonic()
         first.proc.send_signal(signal.SIGTERM)
         code = first.proc.wait(60)

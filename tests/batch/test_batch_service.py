@@ -2,6 +2,7 @@
 completes by itself), interactive requests served while a batch runs, the per-line 422
 report, cancel, the zip archive, 507 when the state disk or the outputs directory is full."""
 
+import contextlib
 import io
 import json
 import os
@@ -38,6 +39,20 @@ def new_service(tmp_path, **env):
     with open(os.path.join(svc.prompt_root, "voice.wav"), "wb") as f:
         f.write(reference_wav())
     return svc
+
+
+@contextlib.contextmanager
+def slow_service(tmp_path, seconds_per_task):
+    """A started service whose engine takes ``seconds_per_task`` per call (the fault
+    engine's file: the test may rewrite it), stopped afterwards whatever happened."""
+    fault = tmp_path / "fault"
+    fault.write_text("slow:%s\n" % seconds_per_task)
+    svc = new_service(tmp_path, GLMTTS_TEST_FAULT_FILE=str(fault))
+    try:
+        svc.start()
+        yield svc, fault
+    finally:
+        svc.stop()
 
 
 def poll(svc, job_id, until, timeout=120):
@@ -91,11 +106,7 @@ def test_kill_9_the_service_mid_job_and_the_job_completes_by_itself_after_restar
 
 
 def test_interactive_requests_are_served_while_a_batch_runs_and_failures_do_not_stop_it(tmp_path):
-    fault = tmp_path / "fault"
-    fault.write_text("slow:0.05\n")
-    svc = new_service(tmp_path, GLMTTS_TEST_FAULT_FILE=str(fault))
-    try:
-        svc.start()
+    with slow_service(tmp_path, 0.05) as (svc, fault):
         body = jsonl(80).decode().splitlines()
         # task 6's reference disappears after validation: it fails, the job goes on
         shutil.copy(os.path.join(svc.prompt_root, "voice.wav"), os.path.join(svc.prompt_root, "doomed.wav"))
@@ -125,16 +136,10 @@ def test_interactive_requests_are_served_while_a_batch_runs_and_failures_do_not_
         metrics = svc.get("/metrics").text
         assert 'glmtts_batch_tasks_total{outcome="done"} 79.0' in metrics
         assert 'glmtts_batch_tasks_total{outcome="failed"} 1.0' in metrics
-    finally:
-        svc.stop()
 
 
 def test_invalid_upload_gets_422_with_the_per_line_report_and_cancel_and_404(tmp_path):
-    fault = tmp_path / "fault"
-    fault.write_text("slow:0.05\n")
-    svc = new_service(tmp_path, GLMTTS_TEST_FAULT_FILE=str(fault))
-    try:
-        svc.start()
+    with slow_service(tmp_path, 0.05) as (svc, fault):
         bad = jsonl(3).decode().splitlines()
         bad[1] = '{"prompt_audio": "../../etc/passwd", "prompt_text": "x", "input_text": "y", "output_name": "z"}'
         files = {"file": ("book.jsonl", ("\n".join(bad) + "\n").encode(), "application/x-ndjson")}
@@ -166,8 +171,6 @@ def test_invalid_upload_gets_422_with_the_per_line_report_and_cancel_and_404(tmp
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
         r = svc.get("/v1/batches/..%2F..%2Fetc")
         assert r.status_code == 404
-    finally:
-        svc.stop()
 
 
 def test_submission_on_a_full_disk_answers_507(tmp_path):

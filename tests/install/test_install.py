@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.host import RecordingHost
 from tests.support.installtree import make_tree, needs_root_tools
 
+from glmtts.cli import system as system_cli
 from glmtts import config, install as installer, preflight
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +26,7 @@ def tree(tmp_path):
 
 def install(tree, *args):
     out = io.StringIO()
-    rc = installer.main(["install", "--root", str(tree), "--deploy-dir", str(ROOT)] + list(args), out=out)
+    rc = system_cli.main(["install", "--root", str(tree), "--deploy-dir", str(ROOT)] + list(args), out=out)
     return rc, out.getvalue()
 
 
@@ -123,13 +125,13 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
 def test_uninstall_keeps_data_and_purge_removes_everything(tree):
     assert install(tree)[0] == 0
     out = io.StringIO()
-    assert installer.main(["uninstall", "--root", str(tree)], out=out) == 0
+    assert system_cli.main(["uninstall", "--root", str(tree)], out=out) == 0
     assert not (tree / "etc/systemd/system/glmtts.service").exists()
     assert not (tree / "etc/logrotate.d/glmtts").exists()
     assert not (tree / "etc/systemd/system/timers.target.wants/glmtts-watchdog.timer").exists()
     assert (tree / "etc/glmtts/glmtts.toml").exists() and (tree / "var/lib/glmtts").is_dir()
     assert "kept    /etc/glmtts, /var/lib/glmtts, /var/log/glmtts and user glmtts" in out.getvalue()
-    assert installer.main(["uninstall", "--root", str(tree), "--purge"], out=io.StringIO()) == 0
+    assert system_cli.main(["uninstall", "--root", str(tree), "--purge"], out=io.StringIO()) == 0
     assert not (tree / "etc/glmtts").exists() and not (tree / "var/lib/glmtts").exists()
     assert "glmtts:" not in (tree / "etc/passwd").read_text()
 
@@ -151,7 +153,7 @@ def test_home_and_tmp_paths_are_bound_back_by_a_drop_in(tmp_path):
 
 
 def test_bad_deploy_dir_is_a_one_line_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "glmtts.install", "install", "--dry-run", "--root", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "glmtts.cli.system", "install", "--dry-run", "--root", str(tmp_path),
                            "--deploy-dir", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
@@ -159,74 +161,44 @@ def test_bad_deploy_dir_is_a_one_line_error(tmp_path):
 
 
 def test_bad_instances_argument_names_the_option(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "glmtts.install", "install", "--dry-run", "--instances", "a,b"],
+    proc = subprocess.run([sys.executable, "-m", "glmtts.cli.system", "install", "--dry-run", "--instances", "a,b"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "--instances takes GPU indexes such as 0,1" in proc.stderr
 
 
-# -- the preflight step, with a recording fake at the Host seam -------------------------------
+# -- the preflight step, with the recording host at the OS seam ------------------------------
 
-class FakeHost(installer.Host):
-    """A live host (not --root offline) whose files live under a tmp dir; accounts, chown,
-    systemctl and the preflight command are recorded instead of done."""
+PREFLIGHT_OK = (0, "glmtts-preflight: ok engine espeak loaded in 0.40 s; 'x' -> 0.51 s\n", "")
 
-    def __init__(self, root, answer=(0, "glmtts-preflight: ok engine espeak loaded in 0.40 s; 'x' -> 0.51 s\n", "")):
-        super().__init__(root)
-        self.offline = False
-        self.ids, self.calls, self.answer = {}, [], answer
 
-    def user_id(self, name):
-        return self.ids.get(("user", name))
+def live_host(root, answer=PREFLIGHT_OK):
+    """A live host (not --root offline) whose files live under a tmp dir; accounts, owners,
+    systemctl and the preflight (systemd-run) are recorded instead of done."""
+    return RecordingHost(root, offline=False, answers={"systemd-run": answer})
 
-    def group_id(self, name):
-        return self.ids.get(("group", name))
 
-    def add_group(self, name):
-        self.ids[("group", name)] = 990
-
-    def add_user(self, name, group, home):
-        self.ids[("user", name)] = 990
-
-    def owner(self, p):
-        return 990, 990, self.path(p).stat().st_mode & 0o7777
-
-    def makedir(self, p, mode, uid, gid):
-        self.path(p).mkdir(parents=True, exist_ok=True)
-        os.chmod(self.path(p), mode)
-
-    def write(self, p, text, mode, uid=0, gid=0):
-        self.path(p).parent.mkdir(parents=True, exist_ok=True)
-        self.path(p).write_text(text)
-        os.chmod(self.path(p), mode)
-
-    def chown(self, p, mode, uid, gid):
-        os.chmod(self.path(p), mode)
-
-    def systemctl(self, *args):
-        self.calls.append(("systemctl",) + args)
-
-    def run_preflight(self, cmd, timeout):
-        self.calls.append(("preflight", cmd, timeout))
-        return self.answer
+def acts(host):
+    """The systemctl and preflight calls, in order: what the plan did to the machine's units."""
+    return [c for c in host.calls if c[0] in ("systemctl", "run_preflight")]
 
 
 def fake_install(host, *args):
     out, err = io.StringIO(), io.StringIO()
     saved, sys.stderr = sys.stderr, err
     try:
-        rc = installer.main(["install", "--deploy-dir", str(ROOT)] + list(args), host=host, out=out)
+        rc = system_cli.main(["install", "--deploy-dir", str(ROOT)] + list(args), host=host, out=out)
     finally:
         sys.stderr = saved
     return rc, out.getvalue(), err.getvalue()
 
 
 def test_install_preflights_the_unit_it_wrote_before_enabling_anything(tmp_path):
-    host = FakeHost(tmp_path)
+    host = live_host(tmp_path)
     rc, out, err = fake_install(host)
     assert rc == 0, err
-    names = [c[0] if c[0] == "preflight" else " ".join(c[1:]) for c in host.calls]
-    assert names == ["daemon-reload", "preflight", "enable --now glmtts-watchdog.timer"]
-    _, cmd, timeout = host.calls[1]
+    names = [c[0] if c[0] == "run_preflight" else " ".join(c[1:]) for c in acts(host)]
+    assert names == ["daemon-reload", "run_preflight", "enable --now glmtts-watchdog.timer"]
+    _, cmd, timeout = acts(host)[1]
     written = (tmp_path / "etc/systemd/system/glmtts.service").read_text()
     drop_ins = sorted((tmp_path / "etc/systemd/system/glmtts.service.d").glob("*.conf"))
     derived, _ = preflight.command(preflight.assignments([written] + [p.read_text() for p in drop_ins],
@@ -241,7 +213,7 @@ def test_install_preflights_the_unit_it_wrote_before_enabling_anything(tmp_path)
 def test_a_failed_preflight_is_one_line_and_nothing_is_enabled(tmp_path):
     line = ("glmtts-preflight: FAILED: engine glmtts load() cannot write /venv/tn/x.fst: read-only file system "
             "(ProtectSystem=strict in glmtts.service leaves only /var/lib/glmtts /var/log/glmtts writable); fix: ...\n")
-    host = FakeHost(tmp_path, answer=(3, "chatter\n" + line, "Traceback ...\nOSError: [Errno 30]\n"))
+    host = live_host(tmp_path, answer=(3, "chatter\n" + line, "Traceback ...\nOSError: [Errno 30]\n"))
     rc, out, err = fake_install(host)
     assert rc == 3
     assert err.splitlines() == [
@@ -250,27 +222,28 @@ def test_a_failed_preflight_is_one_line_and_nothing_is_enabled(tmp_path):
         "leaves only /var/lib/glmtts /var/log/glmtts writable); fix: ...; then run glmtts-system install again "
         "(or --no-preflight to install anyway)"]
     assert not any(c[:2] == ("systemctl", "enable") for c in host.calls)
+    assert "add_user" in host.names()  # the steps before the preflight did run
 
 
 def test_no_preflight_skips_it_and_says_how_to_check_later(tmp_path):
-    host = FakeHost(tmp_path)
+    host = live_host(tmp_path)
     rc, out, _ = fake_install(host, "--no-preflight")
-    assert rc == 0 and not any(c[0] == "preflight" for c in host.calls)
+    assert rc == 0 and "run_preflight" not in host.names()
     assert ("skip    preflight (--no-preflight): glmtts.service was not test-loaded; before starting it run "
             "`glmtts engines check --unit glmtts.service`") in out
 
 
 def test_instances_preflight_the_first_instance(tmp_path):
-    host = FakeHost(tmp_path)
+    host = live_host(tmp_path)
     assert fake_install(host, "--instances", "2,3")[0] == 0
-    cmd = next(c[1] for c in host.calls if c[0] == "preflight")
+    cmd = next(c[1] for c in host.calls if c[0] == "run_preflight")
     assert "--property=Environment=CUDA_VISIBLE_DEVICES=2" in cmd and "glmtts@2.service" in cmd
 
 
 def test_dry_run_and_root_say_what_the_preflight_would_do(tmp_path):
-    host = FakeHost(tmp_path)
+    host = live_host(tmp_path)
     rc, out, _ = fake_install(host, "--dry-run")
-    assert rc == 0 and not any(c[0] == "preflight" for c in host.calls) and list(tmp_path.iterdir()) == []
+    assert rc == 0 and host.calls == [] and list(tmp_path.iterdir()) == []  # a dry run changes nothing
     step = next(line for line in out.splitlines() if "preflight" in line)
     assert step.startswith("would run     preflight: load the configured engine and synthesize once in glmtts.service's "
                            "sandbox: user glmtts, ProtectSystem=strict")
@@ -281,9 +254,9 @@ def test_dry_run_and_root_say_what_the_preflight_would_do(tmp_path):
 
 
 def test_help_describes_the_preflight():
-    text = installer.build_parser()._subparsers._group_actions[0].choices["install"].format_help()
+    text = system_cli.build_parser()._subparsers._group_actions[0].choices["install"].format_help()
     assert "--no-preflight" in text and "weights not downloaded yet" in text
-    assert "preflight the engine in the unit's sandbox" in installer.build_parser().format_help()
+    assert "preflight the engine in the unit's sandbox" in system_cli.build_parser().format_help()
 
 
 @needs_root_tools

@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.installtree import make_tree, needs_root_tools
 
+from glmtts.cli import system as system_cli
 from glmtts import config, install as installer, localrun
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,7 +95,7 @@ def tree(tmp_path):
 
 def install(tree):
     out = io.StringIO()
-    rc = installer.main(["install", "--root", str(tree), "--deploy-dir", str(ROOT)], out=out)
+    rc = system_cli.main(["install", "--root", str(tree), "--deploy-dir", str(ROOT)], out=out)
     assert rc == 0, out.getvalue()
     return out.getvalue()
 

@@ -329,6 +329,9 @@ def test_embedded_image_runs_healthy_non_root_and_drains_on_docker_stop(docker, 
         ui = requests.get(url + "/healthz", timeout=5).json().get("ui")
         time.sleep(0.25)
     assert ui == "ready", ("UI %s" % ui, logs(docker, name))
+    # the dashboard's runbook links answer in the image too (runbooks/ is copied in)
+    rb = requests.get(url + "/ui/runbooks/service-down", headers=auth, timeout=30)
+    assert rb.status_code == 200 and "id: service-down" in rb.text, (rb.status_code, rb.text[:300])
     anon = requests.post(url + "/v1/audio/speech", json={"input": "你好。"}, timeout=60)
     assert anon.status_code == 401, anon.status_code
 

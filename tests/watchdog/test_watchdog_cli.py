@@ -83,7 +83,7 @@ def test_resume_and_run_stops_at_once_on_sigterm(tmp_path):
     with HealthServer(200) as srv:
         env = env_for(tmp_path, srv.url, GLMTTS_WATCHDOG_INTERVAL_S="3600")
         assert "nothing was escalated" in wd(env, "resume").stdout
-        p = subprocess.Popen([sys.executable, "-m", "glmtts.watchdog.cli", "run"], env=env, cwd=REPO,
+        p = subprocess.Popen([sys.executable, "-m", "glmtts.cli.watchdog", "run"], env=env, cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             deadline = time.monotonic() + 30
@@ -119,7 +119,7 @@ def test_every_verb_takes_dry_run_before_or_after_it_without_a_traceback(tmp_pat
                     assert "would run" in r.stdout or "dry_run" in r.stdout, (argv, r.stdout)
         assert wd(env, "incidents", "--json").stdout == ""  # a dry run records nothing
         for argv in (["--dry-run", "run"], ["run", "--dry-run"]):
-            p = subprocess.Popen([sys.executable, "-m", "glmtts.watchdog.cli"] + argv, env=env, cwd=REPO,
+            p = subprocess.Popen([sys.executable, "-m", "glmtts.cli.watchdog"] + argv, env=env, cwd=REPO,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             try:
                 probes = srv.probes

@@ -84,7 +84,7 @@ timeout_s = 5.0
 def watchdog_check(config, **popen):
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLMTTS_")}
     env.update({"GLMTTS_CONFIG": config, "PYTHONPATH": REPO})
-    return subprocess.Popen([sys.executable, "-m", "glmtts.watchdog.cli", "check"], env=env, cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "glmtts.cli.watchdog", "check"], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 

@@ -1,0 +1,7 @@
+"""`python -m glmtts.cli.system`: the glmtts-system console script."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

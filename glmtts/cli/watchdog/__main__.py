@@ -1,0 +1,7 @@
+"""`python -m glmtts.cli.watchdog`: the glmtts-watchdog console script."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
