@@ -3,7 +3,7 @@
 --slow s per synthesis (tests/plugins/faults.py), one synthesis at a time, --requests
 queued, then SIGTERM while new clients keep arriving (one every 0.2 s).
 
-    .venv/bin/python bench/drain.py [--requests 12] [--slow 0.5] [--delay 2] [--json PATH]
+    .venv/bin/python bench/drain.py [--requests 12] [--slow 0.5] [--delay 2] [--json PATH] [--figures PATH]
 
 Two runs: one whose server.drain_timeout_s is ample (everything queued must finish) and
 one whose timeout is shorter than the queue (the rest must get 503 draining, never 500).
@@ -26,6 +26,8 @@ sys.path.insert(0, REPO)
 
 from tests.plugins.drain_load import DrainLoad  # noqa: E402
 from tests.support.service import FAULT_ENGINE, ServiceProcess  # noqa: E402
+
+import figures  # noqa: E402  (bench/figures.py, beside this script)
 
 
 def one_run(root, name, n, slow, delay, timeout):
@@ -61,6 +63,7 @@ def main(argv=None):
     p.add_argument("--slow", type=float, default=0.5, help="seconds each synthesis takes (default 0.5)")
     p.add_argument("--delay", type=float, default=2.0, help="server.drain_delay_s (default 2; shipped 5)")
     p.add_argument("--json", metavar="PATH", help="also write the figures here")
+    figures.add_argument(p)
     args = p.parse_args(argv)
     work = args.requests * args.slow
     runs = [("ample timeout", work + 30), ("short timeout", max(1.0, work / 3))]
@@ -82,7 +85,23 @@ def main(argv=None):
             json.dump(rows, f, indent=2)
     ok = all(r["bad_5xx"] == 0 and r["lost"] == 0 and r["exit_code"] == 0 and not r["traceback_in_error_log"]
              for r in rows)
-    return 0 if ok else 1
+    if not ok:
+        print("drain: a run lost work, answered 5xx, logged a traceback or exited non-zero: figures not written")
+        return 1
+    figures.publish(args, "drain", "SIGTERM to a real service process on the embedded engine slowed to %g s per "
+                    "synthesis, one at a time, %d requests queued, new clients arriving every 0.2 s, "
+                    "server.drain_delay_s %g. One run with an ample server.drain_timeout_s (all queued work must "
+                    "finish), one with a timeout shorter than the queue (the rest must get 503 draining). 5xx "
+                    "counts answers other than 503 draining (must be 0)." % (args.slow, args.requests, args.delay),
+                    figures.table(("run", "drain timeout s", "in flight + queued at SIGTERM", "completed",
+                                   "503 draining", "lost", "late 503", "late refused", "5xx", "exit code",
+                                   "SIGTERM -> exit s"),
+                                  [(r["run"], "%g" % r["drain_timeout_s"],
+                                    (r["in_flight_at_sigterm"] or 0) + (r["queued_at_sigterm"] or 0), r["completed"],
+                                    r["answered_503_draining"], r["lost"], r["late_503_draining"],
+                                    r["late_refused_connection"], r["bad_5xx"], r["exit_code"],
+                                    "%.1f" % r["time_to_exit_s"]) for r in rows], "lrrrrrrrrrr"), argv)
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 """Probe contract: the slowest model load the startup budget of the rendered manifests
 tolerates, derived from the probe settings and measured against the real service.
 
-    .venv/bin/python bench/probe_contract.py [--overlay gpu] [--scale 0.04] [--steps 5] [--json PATH]
+    .venv/bin/python bench/probe_contract.py [--overlay gpu] [--scale 0.04] [--steps 5] [--json PATH] \
+        [--figures docs/figures.md]
 
 Derived (no processes): for the base and the gpu overlay, the startup budget
 failureThreshold x periodSeconds, the load the kubelet always tolerates ((N - 1) x
@@ -30,14 +31,13 @@ sys.path.insert(0, ROOT)
 
 from tests.support.kubelet import LIVENESS, READINESS, STARTUP, ScaledPod, container_probes, render  # noqa: E402
 
+import figures  # noqa: E402  (bench/figures.py, beside this script)
+
 DEADLINE_LOAD = "tests.plugins.deadline_load:DeadlineLoadEngine"
 
 
 def kubectl():
-    found = shutil.which("kubectl")
-    if not found:
-        sys.exit("kubectl not found on PATH (ops/system-deps.sh installs it)")
-    return found
+    return shutil.which("kubectl")
 
 
 def derived(docs, settings):
@@ -87,25 +87,31 @@ def main(argv=None):
     p.add_argument("--scale", type=float, default=0.04, help="time scale of the fake kubelet (default 0.04)")
     p.add_argument("--steps", type=int, default=5, help="bisection steps (default 5)")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    figures.add_argument(p)
     args = p.parse_args(argv)
 
-    figures = {"derived": {}, "measured": {}}
+    out = {"derived": {}, "measured": {}}
     k = kubectl()
+    if not k:
+        figures.skip(args, "probe_contract", "kubectl not found on PATH (ops/system-deps.sh installs it)")
+        return 0
     work = tempfile.mkdtemp(prefix="glmtts-probe-bench-")
     try:
         for overlay in ("base", "gpu"):
             docs = render(overlay, k, ROOT)
             settings = ScaledPod(tempfile.mkdtemp(dir=work), docs, 1.0).settings
-            figures["derived"][overlay] = derived(docs, settings)
+            out["derived"][overlay] = derived(docs, settings)
         print("Probe contract, derived from the rendered manifests (manifest seconds):")
         print("| overlay | startup probe | budget | load always tolerated | liveness probe | wedge -> restart | "
               "unready after | grace (preStop) |")
         print("|---|---|---|---|---|---|---|---|")
-        for overlay, d in figures["derived"].items():
-            print("| %s | %s | %g s | %g s | %s | %g-%g s | %g s | %d s (%d s) |" % (
-                overlay, d["startup_probe"], d["startup_budget_s"], d["startup_always_tolerated_s"],
-                d["liveness_probe"], d["wedge_to_restart_s"][0], d["wedge_to_restart_s"][1], d["unready_after_s"],
-                d["termination_grace_s"], d["pre_stop_s"]))
+        derived_rows = []
+        for overlay, d in out["derived"].items():
+            derived_rows.append((overlay, d["startup_probe"], "%g s" % d["startup_budget_s"],
+                                 "%g s" % d["startup_always_tolerated_s"], d["liveness_probe"],
+                                 "%g-%g s" % tuple(d["wedge_to_restart_s"]), "%g s" % d["unready_after_s"],
+                                 "%d s (%d s)" % (d["termination_grace_s"], d["pre_stop_s"])))
+            print("| %s |" % " | ".join(derived_rows[-1]))
 
         docs = render(args.overlay, k, ROOT)
         d = derived(docs, ScaledPod(tempfile.mkdtemp(dir=work), docs, 1.0).settings)
@@ -123,7 +129,8 @@ def main(argv=None):
             return verdict
 
         if run(lo) != "kept" or run(hi) != "killed":
-            sys.exit("the bracket [%.0f, %.0f] s did not give a kept and a killed load (a very loaded machine, or "
+            sys.exit("probe_contract: "
+                     "the bracket [%.0f, %.0f] s did not give a kept and a killed load (a very loaded machine, or "
                      "the probes changed); try a larger --scale" % (lo, hi))
         for _ in range(args.steps):
             mid = (lo + hi) / 2
@@ -133,7 +140,7 @@ def main(argv=None):
                 hi = mid
         kept = [at for _, v, at in runs if v == "kept"]
         killed = [at for _, v, at in runs if v == "killed"]
-        figures["measured"] = {"overlay": args.overlay, "scale": args.scale, "slowest_kept_ready_at_s": max(kept),
+        out["measured"] = {"overlay": args.overlay, "scale": args.scale, "slowest_kept_ready_at_s": max(kept),
                                "killed_at_s": sorted(killed), "boundary_s": [lo, hi],
                                "runs": [{"load_s": load, "verdict": v, "at_s": at} for load, v, at in runs]}
         print("\n%s: the slowest load the startup budget tolerated was ready %.0f s after the container start "
@@ -145,7 +152,21 @@ def main(argv=None):
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+            json.dump(out, f, indent=2)
+    figures.publish(args, "probe_contract", "The probe contract of the rendered Kubernetes manifests: derived from "
+                    "the probe settings (manifest seconds; config arithmetic, not a measurement), then measured: "
+                    "the real service with a load that ends at a set time after the container start, under the "
+                    "fake kubelet of tests/support/kubelet.py at time scale %g, the load bisected between one "
+                    "that is kept and one that is killed." % args.scale,
+                    figures.table(("overlay", "startup probe", "budget", "load always tolerated", "liveness probe",
+                                   "wedge -> restart", "unready after", "grace (preStop)"), derived_rows)
+                    + "\n\nMeasured on the %s overlay (manifest seconds = real / %g):\n\n" % (args.overlay, args.scale)
+                    + figures.table(("load ends at s", "verdict", "at s (ready, or killed)"),
+                                    [("%.0f" % load, v, "-" if at is None else "%.0f" % at) for load, v, at in runs],
+                                    "rlr")
+                    + "\n\nThe slowest load kept was ready **%.0f s** after the container start (derived: always "
+                    "kept up to %g s, never past %g s); the boundary lies between loads ending at %.0f and %.0f s."
+                    % (max(kept), d["startup_always_tolerated_s"], d["startup_budget_s"], lo, hi), argv)
     return 0
 
 

@@ -5,6 +5,7 @@ Alertmanager running the shipped ops/prometheus/ rules and routing.
     .venv/bin/python bench/prometheus_alert.py            # shipped `for` and group_wait, 5 s intervals
     .venv/bin/python bench/prometheus_alert.py --fast     # the integration test's timings (seconds)
     .venv/bin/python bench/prometheus_alert.py --scrape-s 15 --json artifacts/prometheus_alert.json
+    .venv/bin/python bench/prometheus_alert.py --figures docs/figures.md   # also its section there
 
 Two glmtts instances (the fault-injecting plug-in engine, a FAKE NVML: no GPU is needed)
 are scraped; faults go into instance A only:
@@ -16,12 +17,14 @@ stops when the webhook receives the alert. Expected: at most about one scrape, t
 evaluations (an alert on a recording rule waits for it), the rule's `for` and
 Alertmanager's group_wait; the "bound" column prints that sum. A stopped instance's
 listener closes before its process exits, so "down" can beat its bound.
-Needs prometheus, prometheus-alertmanager (ops/system-deps.sh installs them).
+Needs prometheus, prometheus-alertmanager (ops/system-deps.sh installs them); without them
+it says so and, with --figures, keeps its previous section marked as not re-measured.
 """
 
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -33,6 +36,8 @@ import yaml  # noqa: E402
 
 from tests.support.prom import (OPS, Alertmanager, FleetInstance, Prometheus, Webhook, alertmanager_config,  # noqa: E402
                                 fast_rules)
+
+import figures  # noqa: E402  (bench/figures.py, beside this script)
 
 FAULTS = (("oom", "GlmttsCudaOomRate"), ("journal", "GlmttsSegfault"), ("down", "GlmttsInstanceDown"))
 
@@ -95,12 +100,25 @@ def run(tmp, scrape_s, fast, timeout):
     return out
 
 
-def main():
+def missing_programs(path=None):
+    """The programs this bench needs and cannot find (as tests/support/fleet.py tool() looks)."""
+    path = (path if path is not None else os.environ.get("PATH", "")) + ":/usr/sbin:/sbin"
+    need = (("prometheus",), ("prometheus-alertmanager", "alertmanager"))
+    return [names[0] for names in need if not any(shutil.which(n, path=path) for n in names)]
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scrape-s", type=int, default=None, help="scrape and evaluation interval (default 5, --fast 1)")
     ap.add_argument("--fast", action="store_true", help="`for` cut to 2 s and group_wait 1 s, as the test does")
     ap.add_argument("--json", help="also write the figures to this file")
-    args = ap.parse_args()
+    figures.add_argument(ap)
+    args = ap.parse_args(argv)
+    missing = missing_programs()
+    if missing:
+        figures.skip(args, "prometheus_alert", "%s not installed (ops/system-deps.sh installs them)"
+                     % " and ".join(missing))
+        return 0
     scrape_s = args.scrape_s or (1 if args.fast else 5)
     with tempfile.TemporaryDirectory(prefix="glmtts-prom-bench-") as tmp:
         result = run(tmp, scrape_s, args.fast, timeout=600)
@@ -115,7 +133,20 @@ def main():
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"scrape_s": scrape_s, "fast": args.fast, "alerts": result}, f, indent=1)
+    rows = [(alert, r["fault"], r["receiver"], "%.0f" % r["for_s"], "%.1f" % r["seconds"], "%.0f" % r["bound_s"],
+             "%.2f" % (r["seconds"] / r["bound_s"])) for alert, r in result.items() if not alert.startswith("_")]
+    figures.publish(args, "prometheus_alert", "Fault to alert at the webhook through a real Prometheus and "
+                    "Alertmanager running the shipped ops/prometheus/ rules and routing, scrape and evaluation "
+                    "every %d s, %s. Two instances (fault-injecting engine, fake NVML), faults in instance A only. "
+                    "bound = about one scrape, two evaluations, the rule's `for` and group_wait; a stopped "
+                    "instance's listener closes before its process exits, so \"down\" can beat it."
+                    % (scrape_s, "`for` cut to 2 s and group_wait 1 s (--fast)" if args.fast
+                       else "the shipped `for` and group_wait"),
+                    figures.table(("alert", "fault", "receiver", "for s", "seconds", "bound s", "seconds / bound"),
+                                  rows, "lllrrrr")
+                    + "\n\nalerts for the healthy instance: %d" % result["_healthy_instance_alerts"], argv)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

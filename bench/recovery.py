@@ -3,7 +3,7 @@
 real systemd (tests/system/, written to artifacts/recovery.json).
 
     .venv/bin/python -m pytest -m system tests/system   # produces the figures
-    .venv/bin/python bench/recovery.py [--json PATH] [--markdown] [--restart-runs N]
+    .venv/bin/python bench/recovery.py [--json PATH] [--markdown] [--restart-runs N] [--figures docs/figures.md]
 
 It first measures restart speed live, side by side in one run: process start -> /readyz
 200 of the service on the embedded engine (no service manager, so no RestartSec) against
@@ -28,6 +28,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+import figures  # bench/figures.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "artifacts" / "recovery.json"
@@ -130,7 +132,8 @@ def service_start_to_ready(engine, ui=True, timeout=120.0):
 
 def restart_speed(engine="espeak", runs=3, out=sys.stdout):
     """Side by side, interleaved in one run: service start -> ready vs a bare
-    `python -c 'import fastapi, uvicorn'` plus the engine's own cost; the ratio."""
+    `python -c 'import fastapi, uvicorn'` plus the engine's own cost; the ratio. Printed to
+    ``out``; returned as a Markdown table for the figures file."""
     bare, alone, ready, torch_seen = [], [], [], set()
     for _ in range(runs):
         bare.append(_timed([sys.executable, "-c", "import fastapi, uvicorn"])[0])
@@ -152,34 +155,68 @@ def restart_speed(engine="espeak", runs=3, out=sys.stdout):
     out.write("  ratio to bare import + load()                 %6.2f   (target <= %.1f)\n" % (ready_s / strict,
                                                                                            RESTART_TARGET))
     out.write("  ratio to bare import + engine import + load() + warm-up  %.2f\n" % (ready_s / full))
-    return ready_s / strict
+    return figures.table(("restart speed, engine %s (median of %d, interleaved; UI on, built after ready)"
+                          % (engine, runs), "value"),
+                         [("python -c 'import fastapi, uvicorn'", "%.2f s" % bare_s),
+                          ("engine alone: import / load() / warm-up", "%.2f / %.2f / %.2f s" % (imp, load, warm)),
+                          ("service: process start -> /readyz 200", "%.2f s (torch loaded: %s)"
+                           % (ready_s, "/".join(sorted(str(t) for t in torch_seen)))),
+                          ("ratio to bare import + load()", "**%.2f** (target <= %.1f)" % (ready_s / strict,
+                                                                                           RESTART_TARGET)),
+                          ("ratio to bare import + engine import + load() + warm-up", "%.2f" % (ready_s / full))])
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", default=str(DEFAULT), help="results file (default: %(default)s)")
-    p.add_argument("--markdown", action="store_true", help="a Markdown table (for the README)")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown (--figures writes it to docs/figures.md)")
     p.add_argument("--restart-runs", type=int, default=3, metavar="N",
                    help="start the service N times to measure restart speed (0 = skip; default %(default)s)")
     p.add_argument("--engine", default="espeak", help="engine for the restart-speed figure (default %(default)s)")
+    figures.add_argument(p)
     args = p.parse_args(argv)
+    blocks = []
     if args.restart_runs:
-        restart_speed(args.engine, args.restart_runs)
+        blocks.append(restart_speed(args.engine, args.restart_runs))
         print()
+    data, problem = load(args.json)
+    if problem:
+        print(problem, file=sys.stderr)
+        # the restart speed was measured: it still goes to the figures, the missing table is said
+        blocks.append("Recovery table: %s." % problem)
+    else:
+        print(render(data, args.markdown))
+        blocks.append("Recovery per fault scenario, from `%s` (written by the system tests under a real systemd, "
+                      "`pytest -m system tests/system`; this bench only reads it: the *measured* column says when "
+                      "each row was):\n\n%s" % (_shown(args.json), render(data, markdown=True)))
+    if blocks and (args.restart_runs or not problem):
+        figures.publish(args, "recovery", "Restart speed measured live (the service's process start to /readyz 200 "
+                        "against a bare `import fastapi, uvicorn` plus the engine's own load(), the ratio), then "
+                        "the time to recover per fault scenario as the system tests recorded it. outage s = from "
+                        "the fault to /healthz 200 again; verify s = from healthy again to the watchdog's smoke "
+                        "test.", "\n\n".join(blocks), argv)
+    return 1 if problem else 0
+
+
+def load(path):
+    """(scenarios, None) from the system tests' results file, or (None, what is wrong)."""
     try:
-        data = json.loads(Path(args.json).read_text())
+        data = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        print("no results at %s: run the system tests first (pytest -m system tests/system)" % args.json,
-              file=sys.stderr)
-        return 1
+        return None, "no results at %s: run the system tests first (pytest -m system tests/system)" % _shown(path)
     except ValueError as e:
-        print("%s is not valid JSON: %s" % (args.json, e), file=sys.stderr)
-        return 1
+        return None, "%s is not valid JSON: %s" % (_shown(path), e)
     if not data:
-        print("%s holds no scenario yet" % args.json, file=sys.stderr)
-        return 1
-    print(render(data, args.markdown))
-    return 0
+        return None, "%s holds no scenario yet" % _shown(path)
+    return data, None
+
+
+def _shown(path):
+    """A path as the figures file may print it: relative to the checkout when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 if __name__ == "__main__":

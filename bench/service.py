@@ -5,7 +5,7 @@
   service overhead over a direct engine call (ratio); requests per minute at the
   default limits.
 
-    .venv/bin/python bench/service.py [--requests N]
+    .venv/bin/python bench/service.py [--requests N] [--figures docs/figures.md]
 """
 
 import argparse
@@ -21,6 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from tests.support.service import ServiceProcess  # noqa: E402
+
+import figures  # noqa: E402  (bench/figures.py, beside this script)
 
 TEXT = "你好，欢迎使用语音合成服务。"
 LONG = "今天天气很好，我们一起去公园散步吧。" * 20
@@ -40,6 +42,7 @@ def timed(fn):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=20, help="warm requests per measurement (default 20)")
+    figures.add_argument(ap)
     args = ap.parse_args(argv)
     n = args.requests
     rows = []
@@ -110,6 +113,9 @@ def main(argv=None):
     print("glmtts service bench (engine espeak, embedded; CPU)")
     for k, v in rows:
         print("%-*s  %s" % (width, k, v))
+    figures.publish(args, "service", "The service process on the embedded espeak engine (CPU): start-up, "
+                    "latency, streaming, /healthz under load, its overhead over a direct engine call (ratio), "
+                    "throughput. Medians of %d warm requests." % n, figures.table(("figure", "value"), rows), argv)
     return 0
 
 

@@ -9,7 +9,7 @@
    CUDA OOM + wedge, segfault), reusing the integration test's rig. --skip-recovery
    skips it.
 
-    .venv/bin/python bench/watchdog.py [--log-mb 1024] [--append-mb 1] [--cycles 5]
+    .venv/bin/python bench/watchdog.py [--log-mb 1024] [--append-mb 1] [--cycles 5] [--figures PATH]
 """
 
 import argparse
@@ -23,6 +23,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from glmtts.watchdog.scanner import LogScanner  # noqa: E402
+
+import figures  # noqa: E402  (bench/figures.py, beside this script)
 
 LINES = (
     "2025-01-01T03:12:44.101Z 127.0.0.1 POST /v1/audio/speech 200 111182 412.3ms rid=01c47a75f3540010\n"
@@ -78,6 +80,12 @@ def bench_scan(log_mb, append_mb, cycles):
         print("  %-28s %9.3fs %9.3fs" % ("incremental (watchdog)", iw, ic))
         print("  %-28s %9.3fs %9.3fs" % ("re-read whole file", fw, fc))
         print("  ratio (re-read / incremental): wall %.0fx, cpu %.0fx" % (fw / max(iw, 1e-9), fc / max(ic, 1e-9)))
+        return ("Log scanning: a %.0f MB log, %d MB appended per cycle, %d cycles.\n\n" % (size, append_mb, cycles)
+                + figures.table(("scan", "wall s / cycle", "CPU s / cycle"),
+                                [("incremental (the watchdog)", "%.3f" % iw, "%.3f" % ic),
+                                 ("re-read the whole file", "%.3f" % fw, "%.3f" % fc),
+                                 ("ratio, re-read / incremental", "%.0fx" % (fw / max(iw, 1e-9)),
+                                  "%.0fx" % (fc / max(ic, 1e-9)))], "lrr"))
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -138,20 +146,31 @@ def bench_recovery():
     for r in rows:
         print("  %-18s %-32s %-13s %-10s %7.1fs %7.1fs %7.1fs" % (
             r[0], r[1], r[2], r[3], nan if r[4] is None else r[4], nan if r[5] is None else r[5], r[6]))
+    sec = lambda v: "-" if v is None else "%.1f" % v  # noqa: E731
+    return ("Time to recover under a real supervisord (the integration test's rig), one watchdog cycle per "
+            "fault: outage = fault to healthy again, verify = healthy again to the smoke test, cycle = the "
+            "watchdog's check.\n\n"
+            + figures.table(("fault", "signatures", "runbook", "outcome", "outage s", "verify s", "cycle s"),
+                            [r[:4] + (sec(r[4]), sec(r[5]), sec(r[6])) for r in rows], "llllrrr"))
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--log-mb", type=int, default=1024)
     p.add_argument("--append-mb", type=int, default=1)
     p.add_argument("--cycles", type=int, default=5)
     p.add_argument("--skip-recovery", action="store_true")
     p.add_argument("--skip-scan", action="store_true")
-    a = p.parse_args()
+    figures.add_argument(p)
+    a = p.parse_args(argv)
+    blocks = []
     if not a.skip_scan:
-        bench_scan(a.log_mb, a.append_mb, a.cycles)
+        blocks.append(bench_scan(a.log_mb, a.append_mb, a.cycles))
     if not a.skip_recovery:
-        bench_recovery()
+        blocks.append(bench_recovery())
+    figures.publish(a, "watchdog", "The watchdog: what its incremental log scan costs against re-reading the "
+                    "file every cycle (ratio), and the time to recover per fault under supervisord (espeak "
+                    "engine; a real GLM-TTS model adds its load time to every restart).", "\n\n".join(blocks), argv)
 
 
 if __name__ == "__main__":
