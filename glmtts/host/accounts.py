@@ -14,25 +14,25 @@ class Accounts:
         f = self.path("/etc/%s" % name)
         return [line.split(":") for line in f.read_text().splitlines() if line] if f.exists() else []
 
-    @reads
-    def user_id(self, name):
-        db = self._db("passwd")
+    def _id(self, table, lookup, name):
+        """The numeric id of ``name`` in /etc/passwd or /etc/group (``table``): this
+        machine's database through ``lookup``, or the tree's file when offline; None if
+        there is no such entry."""
+        db = self._db(table)
         if db is None:
             try:
-                return pwd.getpwnam(name).pw_uid
+                return lookup(name)[2]
             except KeyError:
                 return None
         return next((int(r[2]) for r in db if r[0] == name), None)
 
     @reads
+    def user_id(self, name):
+        return self._id("passwd", pwd.getpwnam, name)
+
+    @reads
     def group_id(self, name):
-        db = self._db("group")
-        if db is None:
-            try:
-                return grp.getgrnam(name).gr_gid
-            except KeyError:
-                return None
-        return next((int(r[2]) for r in db if r[0] == name), None)
+        return self._id("group", grp.getgrnam, name)
 
     def _prefix(self):
         return ["--prefix", str(self.root)] if self.offline else []
