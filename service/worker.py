@@ -15,6 +15,7 @@ so its manager starts a fresh one: the context cannot be recovered in-process).
 
 During a drain (service/drain.py) ``admission`` refuses new work with 503 draining, and at
 the drain's deadline ``expire`` answers what is still waiting with the same 503.
+The unit of work and its priorities are job.py.
 """
 
 import asyncio
@@ -23,7 +24,6 @@ import itertools
 import logging
 import threading
 import time
-from concurrent.futures import Future, InvalidStateError
 
 import numpy as np
 
@@ -33,16 +33,9 @@ from glmtts.errors import CudaFatalError, EngineError, EngineOOMError, GlmttsErr
 from glmtts.machine import Machine
 
 from .errors import NotReadyError, QueueFullError, SynthesisTimeout
+from .job import BATCH, INTERACTIVE, PRIORITY_NAMES, WATCHDOG, WATCHDOG_SLOTS, Cancelled, Job, settle
 
 log = logging.getLogger(__name__)
-
-# WATCHDOG: the watchdog's smoke test (a request carrying the watchdog token). It goes
-# before everything waiting and is not counted against limits.max_queue, so a busy
-# service with a full queue still proves itself healthy instead of being escalated as
-# broken; it gets WATCHDOG_SLOTS places of its own so a leaked token cannot flood the queue.
-WATCHDOG, INTERACTIVE, BATCH = -1, 0, 1
-PRIORITY_NAMES = {WATCHDOG: "watchdog", INTERACTIVE: "interactive", BATCH: "batch"}
-WATCHDOG_SLOTS = 2
 
 # States (worker.state); changed only through Worker._transition, which runs WORKER.
 LOADING, OK, FAILED = "loading", "ok", "failed"
@@ -52,34 +45,6 @@ WORKER = Machine("worker", {
     LOADING: (OK, FAILED),  # loading -> ok: loaded and warm; loading -> failed: load/warm-up raised, the process exits
     OK: (FAILED,),          # ok -> failed: a fatal CUDA error; only a new process recovers (failed: no way out)
 }, entry={OK: ("report",), FAILED: ("report",)}, levels={FAILED: logging.CRITICAL}, log=log)
-
-
-class Cancelled(GlmttsError):
-    code = "cancelled"
-    http_status = 499
-
-
-class Job:
-    """One unit of engine work and its future."""
-
-    def __init__(self, fn, priority, seq, now, clock):
-        self.fn = fn
-        self.priority = priority
-        self.seq = seq
-        self.future = Future()
-        self.enqueued_at = now
-        self.started_at = None
-        self.progress_at = None
-        self.cancelled = False  # the waiter gave up: skip if queued, stop at the next chunk
-        self._clock = clock
-
-    def beat(self):
-        self.progress_at = self._clock()
-        if self.cancelled:
-            raise Cancelled("request abandoned by the client")
-
-    def __lt__(self, other):
-        return (self.priority, self.seq) < (other.priority, other.seq)
 
 
 class Worker:
@@ -311,9 +276,9 @@ class Worker:
                 job.started_at = job.progress_at = self.clock()
                 self._running.add(job)
             try:
-                _settle(job.future, result=job.fn(self.engine, job))
+                settle(job.future, result=job.fn(self.engine, job))
             except BaseException as e:  # noqa: B902 - every failure must reach the waiter
-                _settle(job.future, error=self._translate(e))
+                settle(job.future, error=self._translate(e))
             finally:
                 elapsed = self.clock() - job.started_at
                 with self._cond:
@@ -337,7 +302,7 @@ class Worker:
         answered = 0
         for job in queued + running:
             job.cancelled = True
-            if _settle(job.future, error=error()):
+            if settle(job.future, error=error()):
                 answered += 1
         return answered
 
@@ -397,15 +362,3 @@ class Worker:
         log.error("synthesis failed", exc_info=exc)
         self.last_error = "%s: %s" % (type(exc).__name__, str(exc)[:300])
         return EngineError("synthesis failed: %s: %s" % (type(exc).__name__, exc))
-
-
-def _settle(future, result=None, error=None):
-    """Set a job's outcome unless the drain's deadline already answered its waiter."""
-    try:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-        return True
-    except InvalidStateError:
-        return False

@@ -18,9 +18,10 @@ Guarantees:
   share the state_dir. Every commit (journal record, output rename, state change) is
   fenced first, so a process that lost its lease (froze past its expiry, its job taken
   over) commits nothing more and stops; a stop releases the lease at once.
+
+What a task asks the engine for (its request and voice) is task_request.py.
 """
 
-import collections
 import logging
 import os
 import re
@@ -30,15 +31,14 @@ import time
 import numpy as np
 
 from .. import audio as audio_mod
-from ..engines.base import SynthesisRequest
-from ..errors import CudaFatalError, EngineOOMError, GlmttsError
+from ..errors import EngineOOMError, GlmttsError
 from . import states
 from ..fsutil import is_disk_full, unlink_quietly
 from ..host import Host
 from .lease import INSTANCE, Heartbeat, Lease, LeaseLost, describe
 from .speed import Speed
-from .schema import DEFAULT_VOICE
-from .validate import SavedVoices, resolve_prompt
+from .task_request import TaskRequests, is_cuda_fatal, is_oom
+from .validate import SavedVoices
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,6 @@ class JobBusy(GlmttsError):
     code = "batch_busy"
 
 
-def is_oom(exc):
-    return isinstance(exc, EngineOOMError) or type(exc).__name__ == "OutOfMemoryError"
-
-
-def is_cuda_fatal(exc):
-    return isinstance(exc, CudaFatalError) or (isinstance(exc, RuntimeError) and "CUDA error" in str(exc))
-
-
 class Runner:
     def __init__(self, job, synthesizer, settings, *, host=None, durable=True, stop=None, on_progress=None,
                  max_starts=3, backoff=(0.5, 10.0), clock=time.monotonic, wall=time.time, role="cli",
@@ -100,9 +92,9 @@ class Runner:
         self.node = node
         self.lease = None
         self.lease_token = None
-        self._prompts = collections.OrderedDict()  # real path -> (audio, rate): an LRU
         # saved voices: the service's VoiceStore (shares its feature cache), else read from disk
-        self.voices = voices if voices is not None else SavedVoices.of(settings)
+        self.requests = TaskRequests(settings, synthesizer,
+                                     voices if voices is not None else SavedVoices.of(settings))
         self.compute_s = 0.0
         self.audio_s = 0.0
         self.ran = 0
@@ -249,7 +241,7 @@ class Runner:
         return self._record(rec)
 
     def _synthesize(self, task):
-        request = self._request(task)
+        request = self.requests.build(task)
         try:
             return self.synth.synthesize(request), None
         except Exception as e:
@@ -274,65 +266,6 @@ class Runner:
             self.synth.release_memory()
         except Exception as e:  # a failed cleanup must not fail the job
             log.warning("batch %s: release_memory failed: %s", self.job.id, e)
-
-    def _request(self, task):
-        engine = self.settings.engine
-        request = SynthesisRequest(text=task.input_text, sample_rate=task.sample_rate or engine.sample_rate,
-                                   seed=engine.seed if task.seed is None else task.seed, use_cache=engine.use_cache,
-                                   phoneme=engine.phoneme, prompt_text=task.prompt_text or "",
-                                   speed=1.0 if task.speed is None else task.speed)
-        if task.prompt_audio is None:
-            if task.voice and task.voice != DEFAULT_VOICE:
-                self._saved_voice(request, task.voice)
-            return request  # no prompt at all: the engine's default voice
-        real, why = resolve_prompt(task.prompt_audio, self.settings.paths.prompt_root)
-        if why:
-            raise FileNotFoundError(why) if "not found" in why else GlmttsError(why, code="invalid_prompt")
-        key = (real, task.prompt_text)
-        if key not in self._prompts:
-            # Many tasks share one voice: decode it and extract its features once. A bad
-            # reference is remembered too, so its other tasks fail fast with the same reason.
-            try:
-                audio, rate = audio_mod.decode_reference(real, self.settings.limits)
-                features = None
-                try:
-                    features = self.synth.prepare_prompt(audio, rate, task.prompt_text)
-                except NotImplementedError:
-                    pass
-                self._prompts[key] = (audio, rate, features, None)
-            except (GlmttsError, OSError) as e:
-                if is_oom(e) or is_cuda_fatal(e):
-                    raise
-                self._prompts[key] = (None, None, None, e)
-            while len(self._prompts) > 16:
-                self._prompts.popitem(last=False)
-        self._prompts.move_to_end(key)
-        audio, rate, features, error = self._prompts[key]
-        if error is not None:
-            raise error
-        if features is not None:
-            request.prompt_features = features
-        else:
-            request.prompt_audio, request.prompt_sample_rate = audio, rate
-        return request
-
-    def _saved_voice(self, request, voice):
-        """Speak with a saved voice, as POST /v1/audio/speech does: its cached features
-        when this engine made them, else its reference audio and transcript. Looked up
-        for each task: a voice deleted since validation fails only its own tasks."""
-        try:
-            meta = self.voices.find(voice)
-        except GlmttsError as e:
-            raise GlmttsError("voice %r: %s (deleted since the job was submitted?)" % (voice, e),
-                              code="voice_not_found") from None
-        request.prompt_text = meta.get("prompt_text") or ""
-        features = None
-        if meta.get("engine_setting") == self.settings.engine.name:
-            features = self.voices.features(meta["id"])
-        if features is not None:
-            request.prompt_features = features
-        else:
-            request.prompt_audio, request.prompt_sample_rate = self.voices.reference(meta["id"])
 
     # -- durability -----------------------------------------------------------------
 
