@@ -8,10 +8,12 @@ import sys
 from .fsutil import atomic_write
 
 
-def sync(documents, *, write=False, check=False, dry_run=False, out=sys.stdout, hint=""):
+def sync(documents, *, write=False, check=False, dry_run=False, out=None, hint=""):
     """``documents``: (path, rendered text) pairs. Default: print each rendered text;
     ``write``: rewrite the stale files (``dry_run``: only say which); ``check``: print
-    the stale ones and return 1."""
+    the stale ones and return 1. ``out``: where to print (the current sys.stdout when
+    None, looked up at call time so a redirected stdout is honoured)."""
+    out = out or sys.stdout
     stale = []
     for path, text in documents:
         try:

@@ -67,3 +67,10 @@ def test_the_readme_is_a_front_page_with_a_table_of_contents():
 def test_generated_references_are_current(name):
     with open(os.path.join(reference.directory(ROOT), name), encoding="utf-8") as f:
         assert f.read() == reference.DOCS[name](), "docs/reference/%s is stale: python -m glmtts.reference --write" % name
+
+
+def test_generated_documents_print_to_the_stdout_of_the_moment(capsys):
+    """`python -m glmtts.reference` (glmtts/generated.py sync) prints where sys.stdout is
+    when it runs, not where it was at import: a redirect or a pipe wrapper is honoured."""
+    assert reference.main([]) == 0
+    assert "# Failure signatures" in capsys.readouterr().out
