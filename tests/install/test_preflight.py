@@ -2,7 +2,6 @@
 derived from it, the one line read back, and the child's check in this process."""
 
 import errno
-import io
 import sys
 from pathlib import Path
 
